@@ -1,0 +1,1 @@
+"""Subcommands of the nemocpu command (see nemocpu/cli.py)."""
