@@ -1,0 +1,169 @@
+"""nemocpu's Python API: ``load`` a GGUF model, open ``Session``s on it, tokenize, generate.
+
+The weights stay in the memory-mapped file: ``load`` validates the file
+(``model_file.open_model_file``) and hands zero-copy views to the C++ engine, so loading
+costs the metadata parse, not a pass over the weights. The tokenizer is built on first use
+because a 131k-token vocabulary takes longer to build than the rest of ``load``.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cached_property
+
+import numpy as np
+
+from .errors import GGUFError, NemocpuError
+
+KV_TYPES = ("f16", "f32")
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def load(path=None, threads=None, n_ctx=4096, kv_type="f16", dt_floor=0.0) -> "Model":
+    """Load a Nemotron-H GGUF (``path=None``: the embedded tiny demo model).
+
+    threads: worker threads (default: the CPUs this process may use); n_ctx: context length
+    of new sessions; kv_type: "f16" or "f32" attention cache; dt_floor: Mamba dt lower clamp
+    applied only in prefill, to mirror transformers (0.0 = NVIDIA/vLLM semantics)."""
+    if path is None:
+        from .data import default_model_path
+        path = default_model_path()
+    if kv_type not in KV_TYPES:
+        raise NemocpuError(f"kv_type must be one of {KV_TYPES}, got {kv_type!r}")
+    if int(n_ctx) < 1:
+        raise NemocpuError(f"n_ctx must be positive, got {n_ctx}")
+    threads = default_threads() if threads is None else int(threads)
+    if threads < 1:
+        raise NemocpuError(f"threads must be positive, got {threads}")
+    from .model_file import open_model_file
+    mf = open_model_file(path)
+    from . import _core
+    try:
+        engine = _core.Engine(mf.hparams.as_dict(), mf.tensors, threads, float(dt_floor))
+    except ValueError as e:  # the engine's own checks: still a problem with this file
+        mf.gguf.close()
+        raise GGUFError(mf.path, str(e)) from None
+    return Model(mf, engine, int(n_ctx), kv_type, threads)
+
+
+class Model:
+    def __init__(self, model_file, engine, n_ctx: int, kv_type: str, threads: int):
+        self._file = model_file
+        self._engine = engine
+        self.n_ctx = n_ctx
+        self.kv_type = kv_type
+        self.threads = threads
+
+    # ---- what the file says -------------------------------------------------------
+    @property
+    def config(self):
+        """The model's hyperparameters (nemocpu.arch.HParams)."""
+        return self._file.hparams
+
+    @property
+    def metadata(self) -> dict:
+        return self._file.metadata
+
+    @property
+    def path(self) -> str:
+        return self._file.path
+
+    @property
+    def n_vocab(self) -> int:
+        return self._engine.n_vocab
+
+    @property
+    def variant(self) -> str:
+        """The CPU kernel variant the engine runs (generic, avx2, avx512, neon)."""
+        return self._engine.variant
+
+    def memory_report(self) -> dict:
+        report = dict(self._engine.memory_report())
+        report.setdefault("file_bytes", self._file.gguf.file_size)
+        return report
+
+    def set_threads(self, n: int) -> None:
+        self._engine.set_threads(int(n))
+        self.threads = int(n)
+
+    # ---- tokens -------------------------------------------------------------------
+    @cached_property
+    def tokenizer(self):
+        from .tokenizer import Tokenizer
+        return Tokenizer.from_gguf_metadata(self.metadata, path=self.path)
+
+    def tokenize(self, text: str, add_special: bool = False, parse_special: bool = False) -> list[int]:
+        return self.tokenizer.encode(text, add_special=add_special, parse_special=parse_special)
+
+    def detokenize(self, ids) -> str:
+        return self.tokenizer.decode(list(ids))
+
+    # ---- running ------------------------------------------------------------------
+    def session(self, n_ctx: int | None = None, kv_type: str | None = None) -> "Session":
+        return Session(self, n_ctx or self.n_ctx, kv_type or self.kv_type)
+
+    def generate(self, *args, **kwargs):
+        """Raw completion; see nemocpu.generate.generate."""
+        from . import generate as _generate
+        return _generate.generate(self, *args, **kwargs)
+
+    def chat(self, *args, **kwargs):
+        """A chat turn through the model's template; see nemocpu.generate.chat."""
+        from . import generate as _generate
+        return _generate.chat(self, *args, **kwargs)
+
+    def close(self) -> None:
+        """Release the engine and the file mapping (also happens when the Model is freed)."""
+        self._engine = None
+        self._file.gguf.close()
+
+    def __repr__(self):
+        hp = self.config
+        return (f"<nemocpu.Model {os.path.basename(self.path)!r} {hp.arch} {hp.n_layer} layers "
+                f"({hp.layer_kinds}), vocab {hp.n_vocab}, {self.threads} threads>")
+
+
+class Session:
+    """One sequence's state (attention KV cache + Mamba conv/SSM state) on a Model."""
+
+    def __init__(self, model: Model, n_ctx: int, kv_type: str):
+        if kv_type not in KV_TYPES:
+            raise NemocpuError(f"kv_type must be one of {KV_TYPES}, got {kv_type!r}")
+        self.model = model
+        self._state = model._engine.new_state(int(n_ctx), kv_type)
+
+    @property
+    def n_past(self) -> int:
+        return self._state.n_past
+
+    @property
+    def n_ctx(self) -> int:
+        return self._state.n_ctx
+
+    @property
+    def nbytes(self) -> int:
+        return self._state.nbytes
+
+    def eval(self, ids, all_logits: bool = False) -> np.ndarray:
+        """Append tokens; return float32 logits [1, n_vocab] for the last one, or [T, n_vocab]."""
+        arr = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+        if arr.size and (arr.min() < 0 or arr.max() >= self.model.n_vocab):
+            bad = int(arr[(arr < 0) | (arr >= self.model.n_vocab)][0])
+            raise ValueError(f"token id {bad} out of range [0, {self.model.n_vocab})")
+        return self.model._engine.eval(self._state, arr.astype(np.int32), bool(all_logits))
+
+    def snapshot(self):
+        """An independent copy of the state, for restore()."""
+        return self._state.snapshot()
+
+    def restore(self, snap) -> None:
+        self._state.restore(snap)
+
+    def reset(self) -> None:
+        self._state.reset()
