@@ -210,7 +210,8 @@ def hparams_from_hf_config(cfg: dict, where=None) -> HParams:
         rms_eps=float(_get(cfg, "norm_eps", "layer_norm_epsilon", "rms_norm_eps", default=1e-5)),
         tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
         extra={"max_position_embeddings": cfg.get("max_position_embeddings"),
-               "rope_theta": float(_get(cfg, "rope_theta", default=10000.0)),
+               # None when config.json has none: llama.cpp then writes no rope.freq_base
+               "rope_theta": (float(cfg["rope_theta"]) if cfg.get("rope_theta") is not None else None),
                "layer_norm_epsilon": float(_get(cfg, "layer_norm_epsilon", "norm_eps", default=1e-5)),
                "bos_token_id": cfg.get("bos_token_id"), "eos_token_id": cfg.get("eos_token_id"),
                "pad_token_id": cfg.get("pad_token_id")},
@@ -246,7 +247,6 @@ def gguf_kv(hp: HParams) -> list[tuple[str, Any, str]]:
         (f"{a}.attention.value_length", hp.head_dim, U32),
         (f"{a}.attention.layer_norm_rms_epsilon", hp.rms_eps, F32),
         (f"{a}.attention.layer_norm_epsilon", float(hp.extra.get("layer_norm_epsilon", hp.rms_eps)), F32),
-        (f"{a}.rope.freq_base", float(hp.extra.get("rope_theta", 10000.0)), F32),
         (f"{a}.rope.dimension_count", rope_dims, U32),
         (f"{a}.rope.scaling.finetuned", False, BOOL),
         (f"{a}.ssm.conv_kernel", hp.ssm_conv_kernel, U32),
@@ -255,6 +255,8 @@ def gguf_kv(hp: HParams) -> list[tuple[str, Any, str]]:
         (f"{a}.ssm.time_step_rank", hp.ssm_n_head, U32),
         (f"{a}.ssm.group_count", hp.ssm_n_group, U32),
     ]
+    if hp.extra.get("rope_theta") is not None:   # read but unused by llama.cpp (no RoPE)
+        out.insert(12, (f"{a}.rope.freq_base", float(hp.extra["rope_theta"]), F32))
     if a == ARCH_MOE:
         out += [
             (f"{a}.expert_count", hp.n_expert, U32),
