@@ -1,0 +1,339 @@
+// Matmul family: y[t, r] = W[r, :] . x[t, :] for every weight encoding nemocpu reads in place.
+//   float weights (F32, F16, BF16, FP8 = E4M3 bytes x per-row scale) dot fp32 activations;
+//   Q8_0 / Q4_0 weights dot activations quantized per 32-block to int8 (int32 block sums).
+// Each weight row is read once per tile of TILE_T tokens, so prefill is matrix-matrix work.
+// The scalar references (*_ref) are the spec; the tiled paths are what runs. The AVX2 paths
+// (also used by the avx512 build) sit beside the portable ones that every variant compiles.
+#include "nemocpu/kernels.h"
+#include "common.h"
+
+namespace nemocpu {
+namespace NEMOCPU_VARIANT {
+
+namespace {
+
+constexpr int TILE_T = 4;
+
+// ---- FP8 (E4M3) decode table --------------------------------------------------------
+// Built at compile time: a dynamic initializer in a variant file would run at import with
+// that variant's instructions (an AVX-512 constructor would crash an AVX2 CPU).
+constexpr float e4m3_value(int v) {
+  const int exp = (v >> 3) & 0xf, man = v & 0x7;
+  float mag = 0.0f;
+  if (exp == 0) {
+    mag = (float)man / 512.0f;  // subnormal: man/8 * 2^-6
+  } else {
+    mag = 1.0f + (float)man / 8.0f;
+    for (int e = exp - 7; e > 0; --e) mag *= 2.0f;
+    for (int e = exp - 7; e < 0; ++e) mag *= 0.5f;
+  }
+  if (exp == 0xf && man == 0x7) mag = __builtin_nanf("");
+  return (v & 0x80) ? -mag : mag;
+}
+
+struct E4M3Table {
+  float v[256];
+};
+constexpr E4M3Table make_e4m3_table() {
+  E4M3Table t{};
+  for (int i = 0; i < 256; ++i) t.v[i] = e4m3_value(i);
+  return t;
+}
+constexpr E4M3Table kE4M3 = make_e4m3_table();
+
+inline float fp8_row_scale(const WeightMatrix& w, int64_t r) {
+  return w.scale[r * w.scale_stride];
+}
+
+// ---- scalar references -----------------------------------------------------------------
+template <int TYPE>
+inline float wload(const uint8_t* row, int64_t k) {
+  if (TYPE == GGML_F32) return ((const float*)row)[k];
+  if (TYPE == GGML_F16) return k_fp16_to_f32(((const uint16_t*)row)[k]);
+  if (TYPE == GGML_BF16) return k_bf16_to_f32(((const uint16_t*)row)[k]);
+  return kE4M3.v[row[k]];  // GGML_I8 = FP8 codes
+}
+
+template <int TYPE>
+float dot_float_ref(const uint8_t* row, const float* x, int64_t K) {
+  float s = 0.0f;
+  for (int64_t k = 0; k < K; ++k) s += wload<TYPE>(row, k) * x[k];
+  return s;
+}
+
+float dot_q8_0_ref(const BlockQ8_0* w, const BlockQ8Act* x, int64_t nb) {
+  float s = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    int32_t isum = 0;
+    for (int i = 0; i < QK; ++i) isum += (int32_t)w[b].qs[i] * x[b].qs[i];
+    s += (float)isum * (k_fp16_to_f32(w[b].d) * x[b].d);
+  }
+  return s;
+}
+
+float dot_q4_0_ref(const BlockQ4_0* w, const BlockQ8Act* x, int64_t nb) {
+  float s = 0.0f;
+  for (int64_t b = 0; b < nb; ++b) {
+    int32_t isum = 0;
+    for (int i = 0; i < QK / 2; ++i) {
+      isum += ((int32_t)(w[b].qs[i] & 0xf) - 8) * x[b].qs[i];
+      isum += ((int32_t)(w[b].qs[i] >> 4) - 8) * x[b].qs[i + QK / 2];
+    }
+    s += (float)isum * (k_fp16_to_f32(w[b].d) * x[b].d);
+  }
+  return s;
+}
+
+// ---- float weights: one row against NT tokens ------------------------------------------
+#if defined(__AVX2__)
+template <int TYPE>
+inline __m256 wload8(const uint8_t* row, int64_t k) {
+  if (TYPE == GGML_F32) return _mm256_loadu_ps((const float*)row + k);
+  if (TYPE == GGML_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)row + k)));
+  if (TYPE == GGML_BF16) {
+    const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)row + k)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+  }
+  // FP8: E4M3 bits moved into an fp16 (sign | exp4 man3 << 7) equal value * 2^-8; NaN codes
+  // (0x7f/0xff) decode as 480 here, but no quantizer emits them.
+  uint64_t b8;
+  memcpy(&b8, row + k, 8);
+  const __m128i b = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)b8));
+  const __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8),
+                                 _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7f)), 7));
+  return _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0f));
+}
+
+inline float hsum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <int TYPE, int NT>
+void row_tile_float(const uint8_t* row, int64_t K, const float* const* xs, float* out) {
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 w = wload8<TYPE>(row, k);
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs[t] + k), acc[t]);
+  }
+  for (int t = 0; t < NT; ++t) {
+    float s = hsum8(acc[t]);
+    for (int64_t kk = k; kk < K; ++kk) s += wload<TYPE>(row, kk) * xs[t][kk];
+    out[t] = s;
+  }
+}
+#else
+template <int TYPE, int NT>
+void row_tile_float(const uint8_t* row, int64_t K, const float* const* xs, float* out) {
+  float acc[NT][8] = {};
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    float w[8];
+    for (int l = 0; l < 8; ++l) w[l] = wload<TYPE>(row, k + l);
+    for (int t = 0; t < NT; ++t)
+      for (int l = 0; l < 8; ++l) acc[t][l] += w[l] * xs[t][k + l];
+  }
+  for (int t = 0; t < NT; ++t) {
+    float s = 0.0f;
+    for (int l = 0; l < 8; ++l) s += acc[t][l];
+    for (int64_t kk = k; kk < K; ++kk) s += wload<TYPE>(row, kk) * xs[t][kk];
+    out[t] = s;
+  }
+}
+#endif
+
+// ---- quantized weights: one row against NT tokens --------------------------------------
+#if defined(__AVX2__)
+// sum of 32 int8 products as 8 float lanes (llama.cpp's sign trick: |x| * sign(y, x)).
+inline __m256 mul_sum_i8(__m256i x, __m256i y) {
+  const __m256i ax = _mm256_sign_epi8(x, x);
+  const __m256i sy = _mm256_sign_epi8(y, x);
+  const __m256i d16 = _mm256_maddubs_epi16(ax, sy);
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(d16, _mm256_set1_epi16(1)));
+}
+
+template <int TYPE>
+inline __m256i wblock(const uint8_t* blk) {
+  if (TYPE == GGML_Q8_0) return _mm256_loadu_si256((const __m256i*)((const BlockQ8_0*)blk)->qs);
+  const __m128i q = _mm_loadu_si128((const __m128i*)((const BlockQ4_0*)blk)->qs);
+  __m256i b = _mm256_insertf128_si256(_mm256_castsi128_si256(q), _mm_srli_epi16(q, 4), 1);
+  b = _mm256_and_si256(b, _mm256_set1_epi8(0xf));
+  return _mm256_sub_epi8(b, _mm256_set1_epi8(8));
+}
+
+template <int TYPE, int NT>
+void row_tile_quant(const uint8_t* row, int64_t nb, const BlockQ8Act* const* xs, float* out) {
+  constexpr int64_t bsz = TYPE == GGML_Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  __m256 acc[NT];
+  for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = row + b * bsz;
+    const __m256i w = wblock<TYPE>(blk);
+    const float dw = k_fp16_to_f32(*(const uint16_t*)blk);
+    for (int t = 0; t < NT; ++t) {
+      const __m256i x = _mm256_loadu_si256((const __m256i*)xs[t][b].qs);
+      acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * xs[t][b].d), mul_sum_i8(w, x), acc[t]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = hsum8(acc[t]);
+}
+#else
+template <int TYPE>
+inline void wblock(const uint8_t* blk, int8_t* q) {
+  if (TYPE == GGML_Q8_0) {
+    memcpy(q, ((const BlockQ8_0*)blk)->qs, QK);
+    return;
+  }
+  const uint8_t* qs = ((const BlockQ4_0*)blk)->qs;
+  for (int i = 0; i < QK / 2; ++i) {
+    q[i] = (int8_t)((qs[i] & 0xf) - 8);
+    q[i + QK / 2] = (int8_t)((qs[i] >> 4) - 8);
+  }
+}
+
+template <int TYPE, int NT>
+void row_tile_quant(const uint8_t* row, int64_t nb, const BlockQ8Act* const* xs, float* out) {
+  constexpr int64_t bsz = TYPE == GGML_Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
+  float acc[NT] = {};
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = row + b * bsz;
+    int8_t w[QK];
+    wblock<TYPE>(blk, w);
+    const float dw = k_fp16_to_f32(*(const uint16_t*)blk);
+    for (int t = 0; t < NT; ++t) {
+      const int8_t* x = xs[t][b].qs;
+      int32_t isum = 0;
+      for (int i = 0; i < QK; ++i) isum += (int32_t)w[i] * x[i];
+      acc[t] += (float)isum * (dw * xs[t][b].d);
+    }
+  }
+  for (int t = 0; t < NT; ++t) out[t] = acc[t];
+}
+#endif
+
+// ---- drivers: rows outer (each row read once per token tile), tokens inner -------------
+template <int TYPE>
+void matmul_float(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * w.row_bytes;
+    const float sc = TYPE == GGML_I8 ? fp8_row_scale(w, r) : 1.0f;
+    int64_t t = 0;
+    float out[TILE_T];
+    for (; t + TILE_T <= a.T; t += TILE_T) {
+      const float* xs[TILE_T];
+      for (int i = 0; i < TILE_T; ++i) xs[i] = a.x + (t + i) * a.ldx;
+      row_tile_float<TYPE, TILE_T>(row, w.K, xs, out);
+      for (int i = 0; i < TILE_T; ++i) y[(t + i) * ldy + r] = out[i] * sc;
+    }
+    for (; t < a.T; ++t) {
+      const float* xs[1] = {a.x + t * a.ldx};
+      row_tile_float<TYPE, 1>(row, w.K, xs, out);
+      y[t * ldy + r] = out[0] * sc;
+    }
+  }
+}
+
+template <int TYPE>
+void matmul_quant(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy) {
+  const int64_t nb = w.K / QK;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * w.row_bytes;
+    int64_t t = 0;
+    float out[TILE_T];
+    for (; t + TILE_T <= a.T; t += TILE_T) {
+      const BlockQ8Act* xs[TILE_T];
+      for (int i = 0; i < TILE_T; ++i) xs[i] = a.q + (t + i) * a.ldq;
+      row_tile_quant<TYPE, TILE_T>(row, nb, xs, out);
+      for (int i = 0; i < TILE_T; ++i) y[(t + i) * ldy + r] = out[i];
+    }
+    for (; t < a.T; ++t) {
+      const BlockQ8Act* xs[1] = {a.q + t * a.ldq};
+      row_tile_quant<TYPE, 1>(row, nb, xs, out);
+      y[t * ldy + r] = out[0];
+    }
+  }
+}
+
+}  // namespace
+
+void matmul(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy) {
+  switch (w.type) {
+    case GGML_F32: matmul_float<GGML_F32>(w, r0, r1, a, y, ldy); break;
+    case GGML_F16: matmul_float<GGML_F16>(w, r0, r1, a, y, ldy); break;
+    case GGML_BF16: matmul_float<GGML_BF16>(w, r0, r1, a, y, ldy); break;
+    case GGML_I8: matmul_float<GGML_I8>(w, r0, r1, a, y, ldy); break;
+    case GGML_Q8_0: matmul_quant<GGML_Q8_0>(w, r0, r1, a, y, ldy); break;
+    case GGML_Q4_0: matmul_quant<GGML_Q4_0>(w, r0, r1, a, y, ldy); break;
+    default: break;  // types are validated when the engine binds its weights
+  }
+}
+
+// Same rounding in every variant (roundf = half away from zero), so all variants agree.
+void quantize_q8(const float* x, int64_t n, BlockQ8Act* out) {
+  for (int64_t b = 0; b < n / QK; ++b) {
+    const float* xb = x + b * QK;
+    float amax = 0.0f;
+    for (int i = 0; i < QK; ++i) amax = fabsf(xb[i]) > amax ? fabsf(xb[i]) : amax;
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    out[b].d = d;
+    for (int i = 0; i < QK; ++i) out[b].qs[i] = (int8_t)roundf(xb[i] * id);
+  }
+}
+
+void dequant_row(const WeightMatrix& w, int64_t r, float* out) {
+  const uint8_t* row = w.data + r * w.row_bytes;
+  switch (w.type) {
+    case GGML_F32: memcpy(out, row, (size_t)w.K * 4); break;
+    case GGML_F16: for (int64_t k = 0; k < w.K; ++k) out[k] = wload<GGML_F16>(row, k); break;
+    case GGML_BF16: for (int64_t k = 0; k < w.K; ++k) out[k] = wload<GGML_BF16>(row, k); break;
+    case GGML_I8: {
+      const float sc = fp8_row_scale(w, r);
+      for (int64_t k = 0; k < w.K; ++k) out[k] = kE4M3.v[row[k]] * sc;
+      break;
+    }
+    case GGML_Q8_0: {
+      const BlockQ8_0* b = (const BlockQ8_0*)row;
+      for (int64_t k = 0; k < w.K; ++k) out[k] = b[k / QK].qs[k % QK] * k_fp16_to_f32(b[k / QK].d);
+      break;
+    }
+    case GGML_Q4_0: {
+      const BlockQ4_0* b = (const BlockQ4_0*)row;
+      for (int64_t k = 0; k < w.K; ++k) {
+        const BlockQ4_0& blk = b[k / QK];
+        const int i = (int)(k % QK);
+        const int q = i < QK / 2 ? (blk.qs[i] & 0xf) : (blk.qs[i - QK / 2] >> 4);
+        out[k] = (float)(q - 8) * k_fp16_to_f32(blk.d);
+      }
+      break;
+    }
+    default: break;
+  }
+}
+
+// The references, exported for the kernel tests (core.ops.matmul_ref).
+void matmul_ref(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* row = w.data + r * w.row_bytes;
+    for (int64_t t = 0; t < a.T; ++t) {
+      float v = 0.0f;
+      switch (w.type) {
+        case GGML_F32: v = dot_float_ref<GGML_F32>(row, a.x + t * a.ldx, w.K); break;
+        case GGML_F16: v = dot_float_ref<GGML_F16>(row, a.x + t * a.ldx, w.K); break;
+        case GGML_BF16: v = dot_float_ref<GGML_BF16>(row, a.x + t * a.ldx, w.K); break;
+        case GGML_I8: v = dot_float_ref<GGML_I8>(row, a.x + t * a.ldx, w.K) * fp8_row_scale(w, r); break;
+        case GGML_Q8_0: v = dot_q8_0_ref((const BlockQ8_0*)row, a.q + t * a.ldq, w.K / QK); break;
+        case GGML_Q4_0: v = dot_q4_0_ref((const BlockQ4_0*)row, a.q + t * a.ldq, w.K / QK); break;
+        default: break;
+      }
+      y[t * ldy + r] = v;
+    }
+  }
+}
+
+}  // namespace NEMOCPU_VARIANT
+}  // namespace nemocpu

@@ -1,0 +1,136 @@
+#include "model/engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "cpu/dispatch.h"
+
+namespace nemocpu {
+
+namespace {
+constexpr int64_t kMaxUbatch = 256;  // prefill runs in chunks of this many tokens (bounds scratch)
+constexpr int64_t kRowGrain = 16;    // output rows per scheduling unit
+
+int64_t weight_bytes(const Weight& w) { return w.row_bytes * w.rows * w.n_mat; }
+}  // namespace
+
+Engine::Engine(const HParams& hp, const TensorMap& tensors, int n_threads, double dt_floor)
+    : hp_(hp), w_(bind_weights(hp, tensors)), kt_(active_kernels()),
+      pool_(std::make_unique<ThreadPool>(n_threads)), dt_floor_((float)dt_floor) {
+  if (!(dt_floor >= 0.0) || !std::isfinite(dt_floor)) throw std::invalid_argument("dt_floor must be >= 0");
+  router_.n_expert = (int)hp.n_expert;
+  router_.n_used = (int)hp.n_expert_used;
+  router_.n_group = (int)hp.expert_group_count;
+  router_.n_group_used = (int)hp.expert_group_used_count;
+  router_.norm = hp.expert_weights_norm;
+  router_.scale = (float)hp.expert_weights_scale;
+  int nm = 0, na = 0;
+  for (char k : hp.layer_kinds) {
+    mamba_index_.push_back(k == 'M' ? nm++ : -1);
+    attn_index_.push_back(k == '*' ? na++ : -1);
+  }
+}
+
+void Engine::set_threads(int n) {
+  std::lock_guard<std::mutex> lk(eval_mu_);
+  pool_ = std::make_unique<ThreadPool>(n);
+}
+
+std::map<std::string, int64_t> Engine::memory_report() const {
+  int64_t mapped = weight_bytes(w_.token_embd) + 4 * hp_.n_embd;
+  if (w_.output.data != w_.token_embd.data) mapped += weight_bytes(w_.output);
+  for (const Layer& L : w_.layers) {
+    for (const Weight* w : {&L.ssm_in, &L.ssm_out, &L.wq, &L.wk, &L.wv, &L.wo, &L.up_exps, &L.down_exps,
+                            &L.up_shexp, &L.down_shexp, &L.ffn_up, &L.ffn_down})
+      if (w->data) mapped += weight_bytes(*w);
+  }
+  return {{"weights_mapped_bytes", mapped},
+          {"weights_copied_bytes", 0},   // every kernel reads the file's layout in place
+          {"weights_repacked_bytes", 0},
+          {"scratch_bytes", (int64_t)(qbuf_.capacity() * sizeof(BlockQ8Act))}};
+}
+
+std::unique_ptr<State> Engine::new_state(int64_t n_ctx, int kv_type) const {
+  if (n_ctx <= 0) throw std::invalid_argument("n_ctx must be positive, got " + std::to_string(n_ctx));
+  if (kv_type != GGML_F16 && kv_type != GGML_F32) throw std::invalid_argument("kv_type must be f16 or f32");
+  return std::make_unique<State>(StateLayout::of(hp_, n_ctx, kv_type));
+}
+
+void Engine::eval(State& st, const int32_t* tokens, int64_t T, bool all_logits, float* logits) {
+  if (T <= 0) throw std::invalid_argument("eval needs at least one token");
+  if (!(st.layout() == StateLayout::of(hp_, st.n_ctx(), st.layout().kv_type)))
+    throw std::invalid_argument("state was made by another engine");
+  for (int64_t t = 0; t < T; ++t)
+    if (tokens[t] < 0 || tokens[t] >= hp_.n_vocab)
+      throw std::invalid_argument("token id " + std::to_string(tokens[t]) + " at position " + std::to_string(t) +
+                                  " is out of range [0, " + std::to_string(hp_.n_vocab) + ")");
+  if (st.n_past() + T > st.n_ctx())
+    throw std::invalid_argument("context overflow: n_past " + std::to_string(st.n_past()) + " + " +
+                                std::to_string(T) + " tokens > n_ctx " + std::to_string(st.n_ctx()));
+  std::lock_guard<std::mutex> lk(eval_mu_);
+  // transformers clamps dt only in its chunked (prefill) path: a fresh sequence or T > 1.
+  const bool clamp_dt = dt_floor_ > 0.0f && (st.n_past() == 0 || T > 1);
+  st.reserve_tokens(st.n_past() + T);
+  for (int64_t t0 = 0; t0 < T; t0 += kMaxUbatch) {
+    const int64_t n = std::min(kMaxUbatch, T - t0);
+    const bool last = t0 + n == T;
+    float* out = all_logits ? logits + t0 * hp_.n_vocab : (last ? logits : nullptr);
+    forward_chunk(st, tokens + t0, n, clamp_dt, out, all_logits);
+  }
+}
+
+void Engine::rmsnorm_rows(const float* x, const float* w, int64_t T, float* out) {
+  const int64_t E = hp_.n_embd;
+  const float eps = (float)hp_.rms_eps;
+  pool_->parallel_for(T, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) kt_.rmsnorm(x + t * E, w, E, eps, out + t * E);
+  }, 4);
+}
+
+void Engine::linear(const Weight& w, int64_t m, const float* x, int64_t ldx, int64_t T, float* y, int64_t ldy) {
+  const WeightMatrix wm = w.mat(m);
+  Activations a;
+  a.x = x;
+  a.ldx = ldx;
+  a.T = T;
+  if (w.quantized_act()) {
+    const int64_t nb = w.K / QK;
+    if ((int64_t)qbuf_.size() < T * nb) qbuf_.resize(T * nb);
+    BlockQ8Act* q = qbuf_.data();
+    pool_->parallel_for(T, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) kt_.quantize_q8(x + t * ldx, w.K, q + t * nb);
+    }, 8);
+    a.q = q;
+    a.ldq = nb;
+  }
+  pool_->parallel_for(w.rows, [&](int64_t r0, int64_t r1) { kt_.matmul(wm, r0, r1, a, y, ldy); }, kRowGrain);
+}
+
+void Engine::forward_chunk(State& st, const int32_t* tokens, int64_t T, bool clamp_dt, float* logits,
+                           bool all_logits) {
+  const int64_t E = hp_.n_embd;
+  std::vector<float> x(T * E), h(T * E), y(T * E);
+  for (int64_t t = 0; t < T; ++t) kt_.dequant_row(w_.token_embd.mat(), tokens[t], x.data() + t * E);
+
+  for (size_t i = 0; i < w_.layers.size(); ++i) {
+    const Layer& L = w_.layers[i];
+    rmsnorm_rows(x.data(), L.attn_norm, T, h.data());
+    switch (L.kind) {
+      case 'M': mamba(L, mamba_index_[i], st, h.data(), T, clamp_dt, y.data()); break;
+      case '*': attention(L, attn_index_[i], st, h.data(), T, y.data()); break;
+      case 'E': moe(L, h.data(), T, y.data()); break;
+      default: mlp(L.ffn_up, L.ffn_down, h.data(), T, y.data()); break;
+    }
+    for (int64_t j = 0; j < T * E; ++j) x[j] += y[j];
+  }
+  st.advance(T);
+  if (!logits) return;
+  // lm_head runs only on the rows whose logits are returned.
+  const int64_t first = all_logits ? 0 : T - 1, n = T - first;
+  rmsnorm_rows(x.data() + first * E, w_.output_norm, n, h.data());
+  linear(w_.output, 0, h.data(), E, n, logits, hp_.n_vocab);
+}
+
+}  // namespace nemocpu

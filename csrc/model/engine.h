@@ -1,0 +1,59 @@
+// The Nemotron-H forward pass (Mamba-2 + NoPE GQA attention + sigmoid-routed MoE / relu^2 MLP)
+// over weights used in place. Model knowledge lives here and in weights.cpp; the arithmetic
+// runs through the kernel table. Residual stream and all state math are fp32.
+#pragma once
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cpu/thread_pool.h"
+#include "model/hparams.h"
+#include "model/router.h"
+#include "model/state.h"
+#include "model/weights.h"
+#include "nemocpu/kernels.h"
+
+namespace nemocpu {
+
+class Engine {
+ public:
+  // dt_floor: Mamba dt lower clamp applied only in "prefill" evals (n_past == 0 or T > 1),
+  // as transformers 5.23 does; 0 = no clamp (NVIDIA / vLLM semantics).
+  Engine(const HParams& hp, const TensorMap& tensors, int n_threads, double dt_floor);
+
+  const HParams& hparams() const { return hp_; }
+  const KernelTable& kernels() const { return kt_; }
+  int n_threads() const { return pool_->n_threads(); }
+  void set_threads(int n);
+  std::map<std::string, int64_t> memory_report() const;
+
+  std::unique_ptr<State> new_state(int64_t n_ctx, int kv_type) const;
+  // Checks everything (std::invalid_argument) before touching the state, then runs T tokens.
+  // logits: [T, n_vocab] if all_logits else [1, n_vocab] (last position).
+  void eval(State& st, const int32_t* tokens, int64_t T, bool all_logits, float* logits);
+
+ private:
+  void forward_chunk(State& st, const int32_t* tokens, int64_t T, bool clamp_dt, float* logits, bool all_logits);
+  void mamba(const Layer& L, int mi, State& st, const float* h, int64_t T, bool clamp_dt, float* out);
+  void attention(const Layer& L, int ai, State& st, const float* h, int64_t T, float* out);
+  void moe(const Layer& L, const float* h, int64_t T, float* out);
+  void mlp(const Weight& up, const Weight& down, const float* h, int64_t T, float* out);
+  // y[t, :] = W_m . x[t, :] for T rows, threaded over output rows.
+  void linear(const Weight& w, int64_t m, const float* x, int64_t ldx, int64_t T, float* y, int64_t ldy);
+  void rmsnorm_rows(const float* x, const float* w, int64_t T, float* out);
+
+  HParams hp_;
+  ModelWeights w_;
+  const KernelTable& kt_;
+  std::unique_ptr<ThreadPool> pool_;
+  float dt_floor_;
+  RouterConfig router_;
+  std::vector<int> mamba_index_, attn_index_;  // layer -> state slot
+  std::mutex eval_mu_;                         // one eval at a time per engine
+  std::vector<BlockQ8Act> qbuf_;               // activation blocks for linear()
+};
+
+}  // namespace nemocpu

@@ -1,0 +1,154 @@
+// The four mixers of Nemotron-H (reference/nemotron-h.md §3.3-3.6). Each reads the normed
+// input h [T, n_embd] and writes its output [T, n_embd]; the caller adds the residual.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "model/engine.h"
+
+namespace nemocpu {
+
+namespace {
+inline float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
+inline float relu2(float x) { return x > 0.0f ? x * x : 0.0f; }
+}  // namespace
+
+// ---- Mamba-2 ---------------------------------------------------------------------------
+void Engine::mamba(const Layer& L, int mi, State& st, const float* h, int64_t T, bool clamp_dt, float* out) {
+  const int64_t di = hp_.ssm_d_inner(), cd = hp_.ssm_conv_dim(), nin = hp_.ssm_in_dim();
+  const int64_t nh = hp_.ssm_n_head, G = hp_.ssm_n_group, N = hp_.ssm_d_state, K = hp_.ssm_conv_kernel;
+  std::vector<float> u(T * nin), xbc(T * cd), dt(T * nh), y(T * di), v(T * di);
+
+  linear(L.ssm_in, 0, h, hp_.n_embd, T, u.data(), nin);  // [z | xBC | dt] per token
+
+  float* conv_state = st.conv(mi);
+  pool_->parallel_for(cd, [&](int64_t c0, int64_t c1) {
+    kt_.conv1d_silu(conv_state, u.data() + di, nin, T, L.conv_w, L.conv_b, cd, K, c0, c1, xbc.data(), cd);
+  }, 64);
+
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t j = 0; j < nh; ++j) {
+      float d = softplus(u[t * nin + di + cd + j] + L.dt_bias[j]);
+      dt[t * nh + j] = clamp_dt ? std::max(d, dt_floor_) : d;
+    }
+
+  ScanArgs a;
+  a.state = st.ssm(mi);
+  a.x = xbc.data(); a.ldx = cd;
+  a.B = xbc.data() + di; a.C = xbc.data() + di + G * N; a.ldbc = cd;
+  a.dt = dt.data(); a.lddt = nh;
+  a.A = L.ssm_a; a.D = L.ssm_d;
+  a.y = y.data(); a.ldy = di;
+  a.T = T; a.nh = nh; a.hd = hp_.ssm_head_dim; a.N = N; a.G = G;
+  pool_->parallel_for(nh, [&](int64_t h0, int64_t h1) { kt_.ssm_scan(a, h0, h1); }, 1);
+
+  const float eps = (float)hp_.rms_eps;
+  pool_->parallel_for(T, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      kt_.gated_rmsnorm(y.data() + t * di, u.data() + t * nin, L.ssm_norm, di, di / G, eps, v.data() + t * di);
+  }, 4);
+
+  linear(L.ssm_out, 0, v.data(), di, T, out, hp_.n_embd);
+}
+
+// ---- attention (no positional encoding, GQA, causal) -----------------------------------
+void Engine::attention(const Layer& L, int ai, State& st, const float* h, int64_t T, float* out) {
+  const int64_t E = hp_.n_embd, hd = hp_.head_dim, nq = hp_.n_head, nkv = hp_.n_head_kv;
+  const int64_t qw = nq * hd, kvw = nkv * hd, n_past = st.n_past();
+  std::vector<float> q(T * qw), k(T * kvw), v(T * kvw), o(T * qw);
+  linear(L.wq, 0, h, E, T, q.data(), qw);
+  linear(L.wk, 0, h, E, T, k.data(), kvw);
+  linear(L.wv, 0, h, E, T, v.data(), kvw);
+
+  const int kv_type = st.layout().kv_type;
+  const int64_t rb = st.layout().kv_row_bytes();
+  uint8_t* kc = st.k(ai);
+  uint8_t* vc = st.v(ai);
+  for (int64_t t = 0; t < T; ++t) {
+    uint8_t* kd = kc + (n_past + t) * rb;
+    uint8_t* vd = vc + (n_past + t) * rb;
+    if (kv_type == GGML_F32) {
+      std::memcpy(kd, k.data() + t * kvw, rb);
+      std::memcpy(vd, v.data() + t * kvw, rb);
+    } else {
+      kt_.to_f16(k.data() + t * kvw, kvw, (uint16_t*)kd);
+      kt_.to_f16(v.data() + t * kvw, kvw, (uint16_t*)vd);
+    }
+  }
+
+  const int64_t rep = nq / nkv;
+  const int64_t esz = kv_type == GGML_F32 ? 4 : 2;
+  const float scale = 1.0f / std::sqrt((float)hd);
+  pool_->parallel_for(T * nq, [&](int64_t i0, int64_t i1) {
+    std::vector<float> scores(n_past + T);
+    for (int64_t i = i0; i < i1; ++i) {
+      const int64_t t = i / nq, j = i % nq, g = j / rep;
+      AttnArgs a;
+      a.q = q.data() + t * qw + j * hd;
+      a.k = kc + g * hd * esz;
+      a.v = vc + g * hd * esz;
+      a.kv_type = kv_type;
+      a.ld = kvw;
+      a.n_keys = n_past + t + 1;
+      a.hd = hd;
+      a.scale = scale;
+      a.scores = scores.data();
+      a.out = o.data() + t * qw + j * hd;
+      kt_.attention(a);
+    }
+  }, 1);
+
+  linear(L.wo, 0, o.data(), qw, T, out, E);
+}
+
+// ---- MoE: sigmoid router, top-k routed relu^2 experts + unweighted shared expert ------
+void Engine::moe(const Layer& L, const float* h, int64_t T, float* out) {
+  const int64_t E = hp_.n_embd, ne = hp_.n_expert, k = hp_.n_expert_used, F = hp_.n_ff_exp;
+  std::vector<float> logits(T * ne);
+  Weight gate;
+  gate.data = (const uint8_t*)L.gate_inp;
+  gate.type = GGML_F32;
+  gate.K = E; gate.rows = ne; gate.row_bytes = 4 * E;
+  linear(gate, 0, h, E, T, logits.data(), ne);
+
+  std::vector<int32_t> idx(T * k);
+  std::vector<float> wt(T * k);
+  for (int64_t t = 0; t < T; ++t)
+    route_token(router_, logits.data() + t * ne, L.exp_probs_b, idx.data() + t * k, wt.data() + t * k);
+
+  if (L.has_shexp) mlp(L.up_shexp, L.down_shexp, h, T, out);
+  else std::fill(out, out + T * E, 0.0f);
+
+  // Group the tokens by expert; each expert runs as one small matmul over its tokens.
+  std::vector<std::vector<int64_t>> slots(ne);  // expert -> (t * k + j)
+  for (int64_t s = 0; s < T * k; ++s) slots[idx[s]].push_back(s);
+  std::vector<float> xe, act, ye;
+  for (int64_t e = 0; e < ne; ++e) {
+    const auto& S = slots[e];
+    if (S.empty()) continue;
+    const int64_t n = (int64_t)S.size();
+    xe.resize(n * E);
+    act.resize(n * F);
+    ye.resize(n * E);
+    for (int64_t i = 0; i < n; ++i) std::memcpy(xe.data() + i * E, h + (S[i] / k) * E, E * sizeof(float));
+    linear(L.up_exps, e, xe.data(), E, n, act.data(), F);
+    for (auto& a : act) a = relu2(a);
+    linear(L.down_exps, e, act.data(), F, n, ye.data(), E);
+    for (int64_t i = 0; i < n; ++i) {
+      const float w = wt[S[i]];
+      float* o = out + (S[i] / k) * E;
+      for (int64_t c = 0; c < E; ++c) o[c] += w * ye[i * E + c];
+    }
+  }
+}
+
+// ---- dense relu^2 MLP (also the shared expert) -----------------------------------------
+void Engine::mlp(const Weight& up, const Weight& down, const float* h, int64_t T, float* out) {
+  const int64_t F = up.rows;
+  std::vector<float> act(T * F);
+  linear(up, 0, h, hp_.n_embd, T, act.data(), F);
+  for (auto& a : act) a = relu2(a);
+  linear(down, 0, act.data(), F, T, out, hp_.n_embd);
+}
+
+}  // namespace nemocpu
