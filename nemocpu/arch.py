@@ -341,7 +341,9 @@ def hparams_from_gguf_kv(kv: dict, where=None) -> HParams:
         expert_weights_scale=opt("expert_weights_scale", 0.0, float) or 1.0,
         expert_group_count=opt("expert_group_count", 1),
         expert_group_used_count=opt("expert_group_used_count", 1),
-        rms_eps=req("attention.layer_norm_rms_epsilon", float),
+        # llama.cpp's converter writes the rms key only from norm_eps/rms_norm_eps; a config with
+        # just layer_norm_epsilon (which HF NemotronH uses for every RMSNorm) yields only that key.
+        rms_eps=opt("attention.layer_norm_rms_epsilon", None, float) or req("attention.layer_norm_epsilon", float),
         context_length=opt("context_length", LLAMACPP_HYBRID_CONTEXT_LENGTH),
     )
     if kinds.count(MAMBA) and hp.ssm_d_inner != req("ssm.inner_size"):
