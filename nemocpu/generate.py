@@ -1,0 +1,478 @@
+"""Text generation: raw completion (``generate``), chat turns (``chat``) and multi-turn
+conversations (``Conversation``), with streaming, stop conditions, reasoning parsing and a
+thinking budget.
+
+Multi-turn chats do not re-process the conversation: a ``PrefixCache`` keeps the session's
+token history plus snapshots taken at message boundaries, and each prompt resumes from the
+longest of those that is a prefix of it. (Mamba state cannot be rewound token by token, so
+snapshots are the only way back; the chat template drops old reasoning, so the prompt of
+the next turn diverges from the state right after the previous generation prompt.)
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from .chat_template import ChatTemplate
+from .sampling import Sampler, SamplingParams, recommended_params
+from .tool_calls import ToolCall, parse_tool_calls, strip_tool_calls
+
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+# After the thinking budget is spent, wait this many tokens for a line end before forcing </think>.
+THINKING_GRACE_TOKENS = 32
+_UNUSED_TOKEN_TYPE = 5
+
+
+# ------------------------------------------------------------------------------------
+# Results
+# ------------------------------------------------------------------------------------
+@dataclass
+class Chunk:
+    kind: str      # "reasoning" | "content"
+    text: str
+
+
+@dataclass
+class GenerationResult:
+    text: str                          # the answer, without reasoning and tool-call blocks
+    reasoning: str | None = None       # None when the model was not in reasoning mode
+    content: str = ""                  # the answer as generated (tool-call blocks included)
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    finish_reason: str = "stop"        # "stop" | "length" | "cancelled"
+    token_ids: list[int] = field(default_factory=list)   # generated ids (stop token included)
+    prompt_tokens: int = 0             # tokens in the prompt
+    prompt_tokens_evaluated: int = 0   # of those, how many had to be run (the rest came from the cache)
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    prompt_time_s: float = 0.0
+    generation_time_s: float = 0.0
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return self.prompt_tokens_evaluated / self.prompt_time_s if self.prompt_time_s > 0 else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.generation_time_s if self.generation_time_s > 0 else 0.0
+
+
+# ------------------------------------------------------------------------------------
+# Prefix cache
+# ------------------------------------------------------------------------------------
+class PrefixCache:
+    """A Session plus the tokens its state holds and snapshots at known prefixes."""
+
+    def __init__(self, session, max_snapshots: int = 8):
+        self.session = session
+        self.max_snapshots = max_snapshots
+        self.tokens: list[int] = []          # what the session state currently holds
+        self._snaps: list[tuple[tuple[int, ...], object]] = []
+        self._dirty = False                  # an eval was interrupted: self.tokens is unreliable
+        self.lock = threading.RLock()
+
+    @property
+    def n_ctx(self) -> int:
+        return self.session.n_ctx
+
+    def eval(self, ids, all_logits: bool = False) -> np.ndarray:
+        self._dirty = True
+        out = self.session.eval(ids, all_logits)
+        self.tokens.extend(int(i) for i in ids)
+        self._dirty = False
+        return out
+
+    def snapshot_here(self) -> None:
+        key = tuple(self.tokens)
+        self._snaps = [(k, s) for k, s in self._snaps if k != key]
+        self._snaps.append((key, self.session.snapshot()))
+        del self._snaps[:-self.max_snapshots]
+
+    def clear(self) -> None:
+        self.session.reset()
+        self.tokens, self._snaps, self._dirty = [], [], False
+
+    def prefill(self, ids: list[int], boundaries=()) -> tuple[np.ndarray, int]:
+        """Bring the state to ``ids`` and return (logits of the last token, tokens reused).
+        Snapshots are taken at each boundary (a token count) crossed on the way."""
+        ids = [int(i) for i in ids]
+        n = len(ids)
+        if n == 0:
+            raise ValueError("empty prompt")
+        if n > self.n_ctx:
+            raise ValueError(f"prompt has {n} tokens, the context holds {self.n_ctx}")
+        start, source = 0, None
+        # at least one token must be evaluated to get logits, hence the strict < n
+        if not self._dirty and len(self.tokens) < n and ids[:len(self.tokens)] == self.tokens:
+            start, source = len(self.tokens), "live"
+        for key, snap in self._snaps:
+            if start < len(key) < n and tuple(ids[:len(key)]) == key:
+                start, source = len(key), (key, snap)
+        if source is None:
+            self.session.reset()
+            self.tokens, self._dirty = [], False
+        elif source != "live":
+            key, snap = source
+            self.session.restore(snap)
+            self.tokens, self._dirty = list(key), False
+            self._snaps.remove(source)
+            self._snaps.append(source)   # most recently used last
+        pos = start
+        for b in sorted(set(b for b in boundaries if start < b < n)):
+            self.eval(ids[pos:b])
+            self.snapshot_here()
+            pos = b
+        return self.eval(ids[pos:]), start
+
+
+def _model_cache(model) -> PrefixCache:
+    """The model's default cache, so repeated ``model.chat`` calls on a growing conversation reuse work."""
+    cache = model.__dict__.get("_nemocpu_prefix_cache")
+    if cache is None:
+        cache = PrefixCache(model.session())
+        model.__dict__["_nemocpu_prefix_cache"] = cache
+    return cache
+
+
+def chat_template(model) -> ChatTemplate:
+    tpl = model.__dict__.get("_nemocpu_chat_template")
+    if tpl is None:
+        tpl = ChatTemplate.from_metadata(model.metadata, model.tokenizer, model.path)
+        model.__dict__["_nemocpu_chat_template"] = tpl
+    return tpl
+
+
+def _banned_ids(model) -> np.ndarray:
+    types = model.metadata.get("tokenizer.ggml.token_type") or []
+    ids = [i for i, t in enumerate(types) if t == _UNUSED_TOKEN_TYPE]
+    ids += range(model.tokenizer.n_vocab, model.n_vocab)   # logits rows past the vocabulary
+    return np.asarray(ids, dtype=np.int64)
+
+
+# ------------------------------------------------------------------------------------
+# Text assembly helpers
+# ------------------------------------------------------------------------------------
+class _Strip:
+    """Streaming str.strip(): drops leading whitespace, holds trailing whitespace back
+    until more text follows."""
+
+    def __init__(self):
+        self.started, self.pending = False, ""
+
+    def feed(self, s: str) -> str:
+        if not self.started:
+            s = s.lstrip()
+            if not s:
+                return ""
+            self.started = True
+        s = self.pending + s
+        body = s.rstrip()
+        self.pending = s[len(body):]
+        return body
+
+
+class _StopStrings:
+    """Finds stop strings in streamed text; holds back a possible partial match."""
+
+    def __init__(self, stops):
+        self.stops = [s for s in (stops or []) if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.buf = ""
+        self.hit = False
+
+    def feed(self, s: str) -> str:
+        if not self.stops:
+            return s
+        self.buf += s
+        cut = min((i for i in (self.buf.find(t) for t in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.hit = True
+            out, self.buf = self.buf[:cut], ""
+            return out
+        safe = max(0, len(self.buf) - self.hold)
+        out, self.buf = self.buf[:safe], self.buf[safe:]
+        return out
+
+    def flush(self) -> str:
+        out, self.buf = self.buf, ""
+        return out
+
+
+class _Segment:
+    """One part of the output (reasoning or content): ids -> text, stripped, stop strings cut."""
+
+    def __init__(self, kind, tokenizer, strip: bool, stops):
+        self.kind = kind
+        self.decoder = tokenizer.stream()
+        self.strip = _Strip() if strip else None
+        self.stop = _StopStrings(stops)
+        self.parts: list[str] = []
+
+    def _emit(self, s: str) -> str:
+        s = self.stop.feed(s) if not self.stop.hit else ""
+        if self.strip is not None:
+            s = self.strip.feed(s)
+        self.parts.append(s)
+        return s
+
+    def push(self, token_id: int) -> str:
+        return self._emit(self.decoder.push(token_id))
+
+    def close(self) -> str:
+        tail = self._emit(self.decoder.flush())
+        rest = self.stop.flush() if not self.stop.hit else ""
+        if self.strip is not None:
+            rest = self.strip.feed(rest)
+        self.parts.append(rest)
+        return tail + rest
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+# ------------------------------------------------------------------------------------
+# The decode loop
+# ------------------------------------------------------------------------------------
+class Generation:
+    """An in-progress generation. Iterate for ``Chunk``s; ``result`` is set when it ends.
+    Closing the iterator early (or Ctrl-C) ends it with finish_reason "cancelled"."""
+
+    def __init__(self, model, cache: PrefixCache, prompt_ids: list[int], sampler: Sampler, *,
+                 max_tokens: int | None, stop: list[str] | None, stop_token_ids, reasoning: bool,
+                 parse_reasoning: bool, thinking_budget: int | None, boundaries=(), tools=None):
+        self.model, self.cache, self.prompt_ids, self.sampler = model, cache, list(prompt_ids), sampler
+        self.max_tokens, self.stop, self.stop_ids = max_tokens, stop, set(stop_token_ids)
+        self.reasoning, self.parse_reasoning = reasoning, parse_reasoning
+        self.thinking_budget, self.boundaries, self.tools = thinking_budget, boundaries, tools
+        self.result: GenerationResult | None = None
+        self._it = self._run()
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return self
+
+    def __next__(self) -> Chunk:
+        return next(self._it)
+
+    def close(self) -> None:
+        self._it.close()
+
+    def finish(self) -> GenerationResult:
+        for _ in self:
+            pass
+        return self.result
+
+    def _run(self) -> Iterator[Chunk]:
+        tok = self.model.tokenizer
+        think_open = tok.token_to_id(THINK_OPEN) if self.parse_reasoning else None
+        think_close = tok.token_to_id(THINK_CLOSE) if self.parse_reasoning else None
+        strip = self.parse_reasoning
+        reasoning_seg = _Segment("reasoning", tok, strip, self.stop) if self.reasoning else None
+        content_seg = _Segment("content", tok, strip, self.stop)
+        seg = reasoning_seg or content_seg
+        res = GenerationResult(text="", prompt_tokens=len(self.prompt_ids))
+        generated: list[int] = []
+        forced: list[int] = []
+        finish = "length"
+        with self.cache.lock:
+            try:
+                t0 = time.perf_counter()
+                logits, reused = self.cache.prefill(self.prompt_ids, self.boundaries)
+                res.prompt_tokens_evaluated = len(self.prompt_ids) - reused
+                res.prompt_time_s = time.perf_counter() - t0
+                t0 = time.perf_counter()
+                history = list(self.prompt_ids)
+                last_text = tok.decode(self.prompt_ids[-1:])
+                while True:
+                    if self.max_tokens is not None and len(generated) >= self.max_tokens:
+                        break
+                    if seg is reasoning_seg and not forced and self._budget_spent(res, last_text):
+                        forced = ([] if last_text.endswith("\n") else tok.encode("\n")) + [think_close]
+                    t = forced.pop(0) if forced else self.sampler.sample(logits[-1], history)
+                    generated.append(t)
+                    history.append(t)
+                    if t in self.stop_ids:
+                        finish = "stop"
+                        break
+                    if seg is reasoning_seg and t == think_close:
+                        piece = reasoning_seg.close()
+                        if piece:
+                            yield Chunk("reasoning", piece)
+                        seg = content_seg
+                    elif (seg is content_seg and t == think_open and reasoning_seg is None
+                          and not content_seg.text and len(generated) == 1):
+                        reasoning_seg = seg = _Segment("reasoning", tok, strip, self.stop)
+                    else:
+                        if seg is reasoning_seg:
+                            res.reasoning_tokens += 1
+                        piece = seg.push(t)
+                        if piece:
+                            yield Chunk(seg.kind, piece)
+                        if seg.stop.hit:
+                            finish = "stop"
+                            break
+                    last_text = tok.decode([t])
+                    if len(self.cache.tokens) >= self.cache.n_ctx:
+                        break
+                    logits = self.cache.eval([t])
+            except (GeneratorExit, KeyboardInterrupt):
+                finish = "cancelled"
+                raise
+            finally:
+                res.generation_time_s = time.perf_counter() - t0 if res.prompt_time_s else 0.0
+                tails = []
+                for s in (reasoning_seg, content_seg):
+                    if s is not None:
+                        tails.append((s.kind, s.close()))
+                res.finish_reason = finish
+                res.token_ids = generated
+                res.completion_tokens = len(generated)
+                res.reasoning = reasoning_seg.text if reasoning_seg is not None else None
+                res.content = content_seg.text
+                res.tool_calls = parse_tool_calls(res.content, self.tools) if self.parse_reasoning else []
+                res.text = strip_tool_calls(res.content) if res.tool_calls else res.content
+                self.result = res
+        if finish != "cancelled":
+            for kind, piece in tails:
+                if piece:
+                    yield Chunk(kind, piece)
+
+    def _budget_spent(self, res: GenerationResult, last_text: str) -> bool:
+        b = self.thinking_budget
+        if b is None or res.reasoning_tokens < b:
+            return False
+        return last_text.endswith("\n") or res.reasoning_tokens >= b + THINKING_GRACE_TOKENS
+
+
+# ------------------------------------------------------------------------------------
+# Public entry points
+# ------------------------------------------------------------------------------------
+SAMPLING_ARGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                 "frequency_penalty", "penalty_last_n", "seed")
+
+
+def _sampler(model, reasoning: bool, sampling: dict) -> Sampler:
+    params = sampling.pop("params", None)
+    unknown = set(sampling) - set(SAMPLING_ARGS)
+    if unknown:
+        raise TypeError(f"unknown argument(s): {', '.join(sorted(unknown))}")
+    if params is None:
+        params = recommended_params(model.metadata, reasoning, **sampling)
+    elif not isinstance(params, SamplingParams):
+        raise TypeError("params must be a SamplingParams")
+    return Sampler(params, _banned_ids(model))
+
+
+def generate(model, prompt, *, max_tokens: int | None = 256, stop=None, stop_token_ids=None,
+             stream: bool = False, add_special: bool = True, parse_special: bool = True,
+             cache: PrefixCache | None = None, **sampling):
+    """Raw completion of ``prompt`` (text, tokenized with the model's BOS rule, or token ids).
+    Returns a GenerationResult, or with ``stream=True`` a Generation yielding Chunks."""
+    tok = model.tokenizer
+    ids = tok.encode(prompt, add_special=add_special, parse_special=parse_special) if isinstance(prompt, str) \
+        else [int(i) for i in prompt]
+    stop_ids = tok.eos_ids if stop_token_ids is None else set(stop_token_ids)
+    gen = Generation(model, cache or _model_cache(model), ids, _sampler(model, False, sampling),
+                     max_tokens=max_tokens, stop=stop, stop_token_ids=stop_ids, reasoning=False,
+                     parse_reasoning=False, thinking_budget=None)
+    return gen if stream else gen.finish()
+
+
+def prompt_has_open_think(prompt_text: str) -> bool:
+    """True when the prompt leaves the model inside <think> (reasoning mode)."""
+    return prompt_text.rfind(THINK_OPEN) > prompt_text.rfind(THINK_CLOSE)
+
+
+def render_chat(model, messages, *, enable_thinking=True, tools=None, add_generation_prompt=True,
+                **template_kwargs) -> str:
+    return chat_template(model).render(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                       enable_thinking=enable_thinking, **template_kwargs)
+
+
+def chat(model, messages, enable_thinking: bool = True, thinking_budget: int | None = None, tools=None,
+         stream: bool = False, *, max_tokens: int | None = None, stop=None, cache: PrefixCache | None = None,
+         template_kwargs: dict | None = None, **sampling):
+    """One assistant turn for ``messages`` through the model's chat template.
+
+    Returns a GenerationResult (``.text``, ``.reasoning``, ``.tool_calls``, counts, timings)
+    or, with ``stream=True``, a Generation yielding Chunk(kind="reasoning"|"content", text).
+    Sampling defaults to the model's recommendation for the mode the prompt ends in."""
+    tok = model.tokenizer
+    kw = dict(template_kwargs or {})
+    text = render_chat(model, messages, enable_thinking=enable_thinking, tools=tools, **kw)
+    ids = tok.encode(text, parse_special=True)
+    # Snapshot where the conversation so far ends, before the generation prompt: the next
+    # turn's prompt shares exactly that prefix.
+    history = tok.encode(render_chat(model, messages, enable_thinking=enable_thinking, tools=tools,
+                                     add_generation_prompt=False, **kw), parse_special=True)
+    boundaries = [len(history)] if ids[:len(history)] == history else []
+    reasoning = prompt_has_open_think(text) and tok.token_to_id(THINK_CLOSE) is not None
+    gen = Generation(model, cache or _model_cache(model), ids, _sampler(model, reasoning, sampling),
+                     max_tokens=max_tokens, stop=stop, stop_token_ids=tok.eos_ids, reasoning=reasoning,
+                     parse_reasoning=True, thinking_budget=thinking_budget if reasoning else None,
+                     boundaries=boundaries, tools=tools)
+    return gen if stream else gen.finish()
+
+
+class Conversation:
+    """A multi-turn chat that remembers its messages and reuses the model state between turns."""
+
+    def __init__(self, model, *, system: str | None = None, enable_thinking: bool = True,
+                 thinking_budget: int | None = None, tools=None, n_ctx: int | None = None, **sampling):
+        self.model = model
+        self.system = system
+        self.enable_thinking = enable_thinking
+        self.thinking_budget = thinking_budget
+        self.tools = tools
+        self.sampling = {k: v for k, v in sampling.items() if v is not None}
+        self.messages: list[dict] = []
+        self.cache = PrefixCache(model.session(n_ctx=n_ctx))
+        self.last_result: GenerationResult | None = None
+
+    def full_messages(self) -> list[dict]:
+        return ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
+
+    def send(self, user_text: str, stream: bool = False, **overrides):
+        self.messages.append({"role": "user", "content": user_text})
+        return self._reply(stream, overrides)
+
+    def regenerate(self, stream: bool = False, **overrides):
+        """Drop the last assistant reply and answer the last user message again."""
+        while self.messages and self.messages[-1]["role"] == "assistant":
+            self.messages.pop()
+        if not self.messages:
+            raise ValueError("nothing to regenerate")
+        return self._reply(stream, overrides)
+
+    def reset(self) -> None:
+        self.messages.clear()
+        self.last_result = None
+
+    def _reply(self, stream, overrides):
+        args = dict(self.sampling, **overrides)
+        gen = chat(self.model, self.full_messages(), enable_thinking=args.pop("enable_thinking", self.enable_thinking),
+                   thinking_budget=args.pop("thinking_budget", self.thinking_budget), tools=self.tools,
+                   stream=True, cache=self.cache, **args)
+        it = self._record(gen)
+        if stream:
+            return it
+        for _ in it:
+            pass
+        return self.last_result
+
+    def _record(self, gen: Generation):
+        try:
+            yield from gen
+        finally:
+            gen.close()
+            res = gen.result
+            if res is not None:
+                self.last_result = res
+                msg = {"role": "assistant", "content": res.content}
+                if res.reasoning:
+                    msg["reasoning_content"] = res.reasoning
+                self.messages.append(msg)
