@@ -45,12 +45,35 @@ def relu2(x):
     return r * r
 
 
+def quantize_act(x):
+    """The engine's Q8_0 activation quantization (per row, per 32-block; see kernel_ref)."""
+    x32 = np.asarray(x, np.float32).reshape(*x.shape[:-1], -1, 32)
+    d = (np.abs(x32).max(-1) / np.float32(127)).astype(np.float32)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
+    v = (x32 * inv[..., None]).astype(np.float32).astype(np.float64)
+    q = np.sign(v) * np.floor(np.abs(v) + 0.5)
+    return (q * d[..., None]).reshape(x.shape)
+
+
+# Names of weights whose input the engine quantizes to int8 (Q8_0 / Q4_0 weights). The
+# oracle reproduces that step when asked, so quantized models compare at tight tolerance.
+ACT_QUANT: set = set()
+
+
+def lin(P, name, x, expert=None):
+    w = P[name] if expert is None else P[name][expert]
+    if name in ACT_QUANT:
+        x = quantize_act(x)
+    return x @ w.T
+
+
 def mamba(P, pre, h, hp: HParams, dt_floor, clamp, state):
     """state: dict with 'conv' [K-1, C] (pre-conv inputs, oldest first) and 'ssm' [nh, hd, N]."""
     T = h.shape[0]
     nh, hd, G, N, K = hp.ssm_n_head, hp.ssm_head_dim, hp.ssm_n_group, hp.ssm_d_state, hp.ssm_conv_kernel
     di, cd = hp.ssm_d_inner, hp.ssm_conv_dim
-    u = h @ P[pre + "ssm_in.weight"].T
+    u = lin(P, pre + "ssm_in.weight", h)
     z, xbc, dtr = u[:, :di], u[:, di:di + cd], u[:, di + cd:]
     W = P[pre + "ssm_conv1d.weight"]                                  # [C, K]
     pad = np.concatenate([state["conv"], xbc], 0)                     # [K-1+T, C]
@@ -73,16 +96,16 @@ def mamba(P, pre, h, hp: HParams, dt_floor, clamp, state):
             y[t, hh] = S[hh] @ C[t, g] + D[hh] * xs[t, hh]
     v = (y.reshape(T, di) * silu(z)).reshape(T, G, di // G)
     v = v / np.sqrt((v * v).mean(-1, keepdims=True) + hp.rms_eps) * P[pre + "ssm_norm.weight"]
-    return v.reshape(T, di) @ P[pre + "ssm_out.weight"].T
+    return lin(P, pre + "ssm_out.weight", v.reshape(T, di))
 
 
 def attention(P, pre, h, hp: HParams, cache):
     """cache: dict with 'k', 'v' [n_past, n_kv*hd]; appended to."""
     T = h.shape[0]
     nq, nkv, hd = hp.n_head, hp.n_head_kv, hp.head_dim
-    q = (h @ P[pre + "attn_q.weight"].T).reshape(T, nq, hd)
-    cache["k"] = np.concatenate([cache["k"], h @ P[pre + "attn_k.weight"].T], 0)
-    cache["v"] = np.concatenate([cache["v"], h @ P[pre + "attn_v.weight"].T], 0)
+    q = lin(P, pre + "attn_q.weight", h).reshape(T, nq, hd)
+    cache["k"] = np.concatenate([cache["k"], lin(P, pre + "attn_k.weight", h)], 0)
+    cache["v"] = np.concatenate([cache["v"], lin(P, pre + "attn_v.weight", h)], 0)
     n = cache["k"].shape[0]
     past = n - T
     k = cache["k"].reshape(n, nkv, hd)
@@ -96,7 +119,7 @@ def attention(P, pre, h, hp: HParams, cache):
         p = np.exp(s - s.max(-1, keepdims=True))
         p /= p.sum(-1, keepdims=True)
         o[:, j] = p @ v[:, j // rep]
-    return o.reshape(T, nq * hd) @ P[pre + "attn_output.weight"].T
+    return lin(P, pre + "attn_output.weight", o.reshape(T, nq * hd))
 
 
 def route(logits, bias, hp: HParams):
@@ -126,18 +149,18 @@ def route(logits, bias, hp: HParams):
 
 def moe(P, pre, h, hp: HParams):
     idx, w = route(h @ P[pre + "ffn_gate_inp.weight"].T, P[pre + "exp_probs_b.bias"], hp)
-    up, down = P[pre + "ffn_up_exps.weight"], P[pre + "ffn_down_exps.weight"]
+    up, down = pre + "ffn_up_exps.weight", pre + "ffn_down_exps.weight"
     out = np.zeros_like(h)
     for t in range(h.shape[0]):
         for e, we in zip(idx[t], w[t]):
-            out[t] += we * (down[e] @ relu2(up[e] @ h[t]))
+            out[t] += we * lin(P, down, relu2(lin(P, up, h[t:t + 1], e)), e)[0]
     if hp.n_ff_shexp > 0:
-        out += relu2(h @ P[pre + "ffn_up_shexp.weight"].T) @ P[pre + "ffn_down_shexp.weight"].T
+        out += lin(P, pre + "ffn_down_shexp.weight", relu2(lin(P, pre + "ffn_up_shexp.weight", h)))
     return out
 
 
 def mlp(P, pre, h):
-    return relu2(h @ P[pre + "ffn_up.weight"].T) @ P[pre + "ffn_down.weight"].T
+    return lin(P, pre + "ffn_down.weight", relu2(lin(P, pre + "ffn_up.weight", h)))
 
 
 class OracleState:
@@ -157,11 +180,15 @@ class OracleState:
                 self.layers.append(None)
 
 
-def forward(P, hp: HParams, ids, dt_floor=0.0, state: OracleState | None = None):
+def forward(P, hp: HParams, ids, dt_floor=0.0, state: OracleState | None = None, act_quant=()):
     """Logits [T, n_vocab] (float64) for `ids` appended to `state` (a fresh one if None).
 
     dt_floor follows the engine contract: the clamp applies only when this call starts a
-    sequence or has more than one token (transformers' prefill path)."""
+    sequence or has more than one token (transformers' prefill path). act_quant: names of
+    weights whose inputs are quantized to int8 blocks first, as the engine does for
+    Q8_0/Q4_0 weights (see quantized_names)."""
+    ACT_QUANT.clear()
+    ACT_QUANT.update(act_quant)
     state = state or OracleState(hp)
     ids = np.asarray(ids)
     T = len(ids)
@@ -180,8 +207,13 @@ def forward(P, hp: HParams, ids, dt_floor=0.0, state: OracleState | None = None)
             y = mlp(P, pre, h)
         x = x + y
     state.n_past += T
-    out = P.get("output.weight", P["token_embd.weight"])
-    return rmsnorm(x, P["output_norm.weight"], hp.rms_eps) @ out.T
+    out = "output.weight" if "output.weight" in P else "token_embd.weight"
+    return lin(P, out, rmsnorm(x, P["output_norm.weight"], hp.rms_eps))
+
+
+def quantized_names(tensors) -> set:
+    """Names of the engine tensors stored as Q8_0 / Q4_0 (their inputs get quantized)."""
+    return {n for n, (_, t, _) in tensors.items() if t in (GGML_TYPE["Q8_0"], GGML_TYPE["Q4_0"])}
 
 
 # ---------------------------------------------------------------------------------------
