@@ -1,0 +1,137 @@
+"""nemocpu.load / Model / Session behaviour, and the `run` and `info` commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import nemocpu
+from nemocpu.data import default_model_path
+from nemocpu.errors import NemocpuError
+
+
+@pytest.fixture(scope="module")
+def model():
+    return nemocpu.load(threads=2, n_ctx=64)
+
+
+PROMPT = [3, 328, 209, 860, 231, 30, 26, 27, 362, 231]
+
+
+def test_load_defaults_to_embedded_model(model):
+    assert model.path == str(default_model_path())
+    assert model.config.layer_kinds == "MEMEM*EMEMEM*E"
+    assert model.metadata["general.architecture"] == "nemotron_h_moe"
+    assert model.n_vocab == model.config.n_vocab == 4096
+    assert model.variant in nemocpu._core.variants()
+    report = model.memory_report()
+    assert report["file_bytes"] == default_model_path().stat().st_size
+
+
+def test_session_eval_shapes_and_n_past(model):
+    s = model.session()
+    assert s.n_past == 0 and s.n_ctx == 64
+    last = s.eval(PROMPT)
+    assert last.shape == (1, model.n_vocab) and last.dtype == np.float32
+    assert s.n_past == len(PROMPT)
+    every = model.session().eval(PROMPT, all_logits=True)
+    assert every.shape == (len(PROMPT), model.n_vocab)
+    np.testing.assert_allclose(every[-1], last[0], rtol=0, atol=1e-5 * np.abs(last).max())
+    assert np.all(np.isfinite(every))
+
+
+def test_bad_eval_leaves_state_untouched(model):
+    s = model.session()
+    s.eval(PROMPT[:4])
+    snap_logits = s.eval(PROMPT[4:5])
+    for bad in ([model.n_vocab], [-1], [], list(range(5, 5 + 64))):
+        with pytest.raises(ValueError):
+            s.eval(bad)
+        assert s.n_past == 5
+    # still continues exactly as a fresh session would
+    fresh = model.session()
+    fresh.eval(PROMPT[:5])
+    np.testing.assert_array_equal(s.eval(PROMPT[5:6]), fresh.eval(PROMPT[5:6]))
+    assert snap_logits.shape == (1, model.n_vocab)
+
+
+def test_snapshot_restore_and_reset(model):
+    s = model.session()
+    s.eval(PROMPT[:6])
+    snap = s.snapshot()
+    a = s.eval(PROMPT[6:])
+    s.eval([5, 6, 7])
+    s.restore(snap)
+    assert s.n_past == 6
+    np.testing.assert_array_equal(s.eval(PROMPT[6:]), a)
+    s.reset()
+    assert s.n_past == 0
+    np.testing.assert_array_equal(s.eval(PROMPT), model.session().eval(PROMPT))
+
+
+def test_bad_arguments_are_clear_errors(tmp_path):
+    with pytest.raises(NemocpuError, match="kv_type"):
+        nemocpu.load(kv_type="q8")
+    with pytest.raises(NemocpuError, match="threads"):
+        nemocpu.load(threads=0)
+    missing = tmp_path / "nope.gguf"
+    with pytest.raises(nemocpu.ModelFileError, match="nope.gguf"):
+        nemocpu.load(missing)
+
+
+def test_tokenize_roundtrip(model):
+    ids = model.tokenize("Calculate 401 + 50.")
+    assert ids == [860, 231, 30, 26, 27, 362, 231, 31, 26, 24]
+    assert model.detokenize(ids) == "Calculate 401 + 50."
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "nemocpu", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_run_command_json_is_greedy(model):
+    r = _cli("run", "-p", "Calculate 401 + 50.", "-n", "8", "--threads", "2", "--json", "--ignore-eos")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["prompt_ids"] == model.tokenize("Calculate 401 + 50.")
+    s = model.session()
+    logits = s.eval(out["prompt_ids"])
+    want = []
+    for _ in range(8):
+        want.append(int(np.argmax(logits[0])))
+        logits = s.eval(want[-1:])
+    assert out["generated_ids"] == want
+    assert out["text"] == model.detokenize(want)
+
+
+def test_run_command_streams_text():
+    r = _cli("run", "-p", "Hello", "-n", "4", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("Hello")
+    assert "tok/s" in r.stderr
+
+
+def test_run_command_bad_model_file(tmp_path):
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF\x07\0\0\0" + b"\0" * 32)
+    r = _cli("run", str(bad), "-p", "x")
+    assert r.returncode == 1
+    assert "bad.gguf" in r.stderr and "version 7" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_info_command():
+    r = _cli("info", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["nemocpu"] == nemocpu.__version__
+    assert info["active_variant"] in info["variants"]
+    m = info["model"]
+    assert m["tensor_types"] == {"F32": 63, "Q8_0": 46}
+    assert m["hparams"]["layer_kinds"] == "MEMEM*EMEMEM*E"
+    r = _cli("info")
+    assert r.returncode == 0 and "nemotron_h_moe" in r.stdout
