@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zlib
 from pathlib import Path
 
 import ml_dtypes
@@ -71,7 +72,7 @@ def checkpoint_shapes(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
     return out
 
 
-def _write_shard(path: Path, tensors: list[tuple[str, tuple[int, ...]]], rng) -> None:
+def _write_shard(path: Path, tensors: list[tuple[str, tuple[int, ...]]], seed: int) -> None:
     header, offset = {}, 0
     for name, shape in tensors:
         n = int(np.prod(shape)) * 2
@@ -84,6 +85,7 @@ def _write_shard(path: Path, tensors: list[tuple[str, tuple[int, ...]]], rng) ->
         f.write(blob)
         for name, shape in tensors:
             n = int(np.prod(shape))
+            rng = np.random.default_rng([seed, zlib.crc32(name.encode())])   # same values however sharded
             for start in range(0, n, 1 << 22):          # 4 M elements at a time: bounded memory
                 k = min(1 << 22, n - start)
                 f.write((rng.standard_normal(k, dtype=np.float32) * 0.02).astype(ml_dtypes.bfloat16).tobytes())
@@ -99,15 +101,14 @@ def write_synthetic_checkpoint(directory, n_shards: int = 1, seed: int = 0, **cf
     for f in TOKENIZER_FILES:
         shutil.copyfile(src / f, directory / f)
     tensors = checkpoint_shapes(cfg)
-    rng = np.random.default_rng(seed)
     shards = [tensors[i::n_shards] for i in range(n_shards)]
     if n_shards == 1:
-        _write_shard(directory / "model.safetensors", tensors, rng)
+        _write_shard(directory / "model.safetensors", tensors, seed)
     else:
         weight_map = {}
         for i, part in enumerate(shards):
             fname = f"model-{i + 1:05d}-of-{n_shards:05d}.safetensors"
-            _write_shard(directory / fname, part, rng)
+            _write_shard(directory / fname, part, seed)
             weight_map.update({name: fname for name, _ in part})
         (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return cfg
