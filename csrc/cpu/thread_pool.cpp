@@ -1,6 +1,19 @@
 #include "cpu/thread_pool.h"
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define NEMOCPU_PAUSE() _mm_pause()
+#else
+#define NEMOCPU_PAUSE() std::this_thread::yield()
+#endif
+
 namespace nemocpu {
+
+namespace {
+// Busy-wait this many polls before sleeping: decode runs dozens of short parallel regions
+// per token, and a condition-variable wake-up costs tens of microseconds.
+constexpr int kSpinPolls = 20000;
+}  // namespace
 
 int ThreadPool::hardware_threads() {
   const unsigned n = std::thread::hardware_concurrency();
@@ -16,33 +29,38 @@ ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lk(mu_);
     stop_ = true;
+    generation_.fetch_add(1);
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::run_chunks() {
+void ThreadPool::run_chunks(Job& job) {
   for (;;) {
-    const int64_t b = next_.fetch_add(chunk_);
-    if (b >= n_) break;
-    (*fn_)(b, b + chunk_ < n_ ? b + chunk_ : n_);
+    const int64_t b = job.next.fetch_add(job.chunk);
+    if (b >= job.n) return;
+    const int64_t e = b + job.chunk < job.n ? b + job.chunk : job.n;
+    (*job.fn)(b, e);
+    if (job.done.fetch_add(e - b) + (e - b) == job.n) {
+      std::lock_guard<std::mutex> lk(mu_);  // pairs with the caller's wait
+      finished_.notify_all();
+    }
   }
 }
 
 void ThreadPool::worker_loop() {
   uint64_t seen = 0;
   for (;;) {
+    for (int i = 0; i < kSpinPolls && generation_.load(std::memory_order_acquire) == seen; ++i) NEMOCPU_PAUSE();
+    std::shared_ptr<Job> job;
     {
       std::unique_lock<std::mutex> lk(mu_);
-      wake_.wait(lk, [&] { return stop_ || generation_ != seen; });
+      wake_.wait(lk, [&] { return generation_.load() != seen; });
       if (stop_) return;
-      seen = generation_;
+      seen = generation_.load();
+      job = job_;
     }
-    run_chunks();
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (--busy_ == 0) done_.notify_one();
-    }
+    if (job) run_chunks(*job);
   }
 }
 
@@ -57,20 +75,22 @@ void ThreadPool::parallel_for(int64_t n, const RangeFn& fn, int64_t grain) {
   // ~4 chunks per thread balances uneven chunks without much scheduling overhead.
   int64_t chunk = (n + 4 * nt - 1) / (4 * nt);
   if (chunk < grain) chunk = grain;
+  auto job = std::make_shared<Job>();
+  job->fn = &fn;
+  job->n = n;
+  job->chunk = chunk;
   {
     std::lock_guard<std::mutex> lk(mu_);
-    fn_ = &fn;
-    n_ = n;
-    chunk_ = chunk;
-    next_.store(0);
-    busy_ = (int)workers_.size();
-    ++generation_;
+    job_ = job;
+    generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
-  run_chunks();
-  std::unique_lock<std::mutex> lk(mu_);
-  done_.wait(lk, [&] { return busy_ == 0; });
-  fn_ = nullptr;
+  run_chunks(*job);
+  for (int i = 0; i < kSpinPolls && job->done.load(std::memory_order_acquire) != n; ++i) NEMOCPU_PAUSE();
+  if (job->done.load() != n) {
+    std::unique_lock<std::mutex> lk(mu_);
+    finished_.wait(lk, [&] { return job->done.load() == n; });
+  }
 }
 
 }  // namespace nemocpu

@@ -1,10 +1,14 @@
 // A pool of persistent worker threads. parallel_for splits [0, n) into chunks that the
-// calling thread and the workers take dynamically; it returns when all chunks are done.
+// calling thread and the workers claim dynamically, and returns when every chunk is done.
+// The caller never waits for a worker that claimed nothing: on a busy machine a sleeping
+// worker costs nothing (it wakes to an exhausted job), so oversubscription degrades
+// gracefully towards single-threaded speed instead of stalling.
 #pragma once
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -27,19 +31,22 @@ class ThreadPool {
   static int hardware_threads();
 
  private:
+  struct Job {
+    const RangeFn* fn = nullptr;  // dereferenced only by whoever claims a chunk
+    int64_t n = 0, chunk = 1;
+    std::atomic<int64_t> next{0};
+    std::atomic<int64_t> done{0};
+  };
+
   void worker_loop();
-  void run_chunks();
+  void run_chunks(Job& job);
 
   std::vector<std::thread> workers_;
   std::mutex mu_;
-  std::condition_variable wake_, done_;
-  uint64_t generation_ = 0;
+  std::condition_variable wake_, finished_;
+  std::atomic<uint64_t> generation_{0};
   bool stop_ = false;
-  int busy_ = 0;  // workers still inside the current job
-
-  const RangeFn* fn_ = nullptr;
-  int64_t n_ = 0, chunk_ = 1;
-  std::atomic<int64_t> next_{0};
+  std::shared_ptr<Job> job_;  // the current job (guarded by mu_)
 };
 
 }  // namespace nemocpu

@@ -116,6 +116,16 @@ void row_tile_float(const uint8_t* row, int64_t K, const float* const* xs, float
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
   int64_t k = 0;
+  if (NT == 1) {  // decode: four independent FMA chains hide the FMA latency
+    __m256 a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
+    for (; k + 32 <= K; k += 32) {
+      acc[0] = _mm256_fmadd_ps(wload8<TYPE>(row, k), _mm256_loadu_ps(xs[0] + k), acc[0]);
+      a1 = _mm256_fmadd_ps(wload8<TYPE>(row, k + 8), _mm256_loadu_ps(xs[0] + k + 8), a1);
+      a2 = _mm256_fmadd_ps(wload8<TYPE>(row, k + 16), _mm256_loadu_ps(xs[0] + k + 16), a2);
+      a3 = _mm256_fmadd_ps(wload8<TYPE>(row, k + 24), _mm256_loadu_ps(xs[0] + k + 24), a3);
+    }
+    acc[0] = _mm256_add_ps(_mm256_add_ps(acc[0], a1), _mm256_add_ps(a2, a3));
+  }
   for (; k + 8 <= K; k += 8) {
     const __m256 w = wload8<TYPE>(row, k);
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xs[t] + k), acc[t]);
@@ -170,7 +180,20 @@ void row_tile_quant(const uint8_t* row, int64_t nb, const BlockQ8Act* const* xs,
   constexpr int64_t bsz = TYPE == GGML_Q8_0 ? sizeof(BlockQ8_0) : sizeof(BlockQ4_0);
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-  for (int64_t b = 0; b < nb; ++b) {
+  int64_t b = 0;
+  if (NT == 1) {  // decode: two independent chains per row
+    __m256 a1 = _mm256_setzero_ps();
+    for (; b + 2 <= nb; b += 2) {
+      const uint8_t* b0 = row + b * bsz;
+      const uint8_t* b1 = b0 + bsz;
+      const __m256 s0 = mul_sum_i8(wblock<TYPE>(b0), _mm256_loadu_si256((const __m256i*)xs[0][b].qs));
+      const __m256 s1 = mul_sum_i8(wblock<TYPE>(b1), _mm256_loadu_si256((const __m256i*)xs[0][b + 1].qs));
+      acc[0] = _mm256_fmadd_ps(_mm256_set1_ps(k_fp16_to_f32(*(const uint16_t*)b0) * xs[0][b].d), s0, acc[0]);
+      a1 = _mm256_fmadd_ps(_mm256_set1_ps(k_fp16_to_f32(*(const uint16_t*)b1) * xs[0][b + 1].d), s1, a1);
+    }
+    acc[0] = _mm256_add_ps(acc[0], a1);
+  }
+  for (; b < nb; ++b) {
     const uint8_t* blk = row + b * bsz;
     const __m256i w = wblock<TYPE>(blk);
     const float dw = k_fp16_to_f32(*(const uint16_t*)blk);
@@ -272,16 +295,49 @@ void matmul(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a,
   }
 }
 
-// Same rounding in every variant (roundf = half away from zero), so all variants agree.
+// d = amax / 127, q = round-half-away(x * (1/d)): the same bits in every variant (the AVX2
+// path rounds exactly like roundf, not to-nearest-even as _mm256_round_ps would).
 void quantize_q8(const float* x, int64_t n, BlockQ8Act* out) {
   for (int64_t b = 0; b < n / QK; ++b) {
     const float* xb = x + b * QK;
+#if defined(__AVX2__)
+    const __m256 sign_bit = _mm256_set1_ps(-0.0f);
+    __m256 v[4];
+    __m256 mx = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+      v[i] = _mm256_loadu_ps(xb + 8 * i);
+      mx = _mm256_max_ps(mx, _mm256_andnot_ps(sign_bit, v[i]));
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+    const float amax = _mm_cvtss_f32(m4);
+    const float d = amax / 127.0f;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    out[b].d = d;
+    __m256i q[4];
+    for (int i = 0; i < 4; ++i) {
+      const __m256 s = _mm256_mul_ps(v[i], _mm256_set1_ps(id));
+      const __m256 t = _mm256_round_ps(s, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+      const __m256 frac = _mm256_andnot_ps(sign_bit, _mm256_sub_ps(s, t));
+      const __m256 one = _mm256_or_ps(_mm256_set1_ps(1.0f), _mm256_and_ps(sign_bit, s));
+      const __m256 r = _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(frac, _mm256_set1_ps(0.5f), _CMP_GE_OQ), one));
+      q[i] = _mm256_cvtps_epi32(r);
+    }
+    // packs interleave 128-bit lanes; the permute restores element order
+    const __m256i p01 = _mm256_packs_epi32(q[0], q[1]);
+    const __m256i p23 = _mm256_packs_epi32(q[2], q[3]);
+    const __m256i p = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23),
+                                                  _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i*)out[b].qs, p);
+#else
     float amax = 0.0f;
     for (int i = 0; i < QK; ++i) amax = fabsf(xb[i]) > amax ? fabsf(xb[i]) : amax;
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     out[b].d = d;
     for (int i = 0; i < QK; ++i) out[b].qs[i] = (int8_t)roundf(xb[i] * id);
+#endif
   }
 }
 
