@@ -30,6 +30,7 @@ def test_load_defaults_to_embedded_model(model):
     assert model.variant in nemocpu._core.variants()
     report = model.memory_report()
     assert report["file_bytes"] == default_model_path().stat().st_size
+    assert report["weights_copied_bytes"] == 0          # weights stay in the file mapping
 
 
 def test_session_eval_shapes_and_n_past(model):
