@@ -43,7 +43,7 @@ class GenerationResult:
     reasoning: str | None = None       # None when the model was not in reasoning mode
     content: str = ""                  # the answer as generated (tool-call blocks included)
     tool_calls: list[ToolCall] = field(default_factory=list)
-    finish_reason: str = "stop"        # "stop" | "length" | "cancelled"
+    finish_reason: str = "stop"        # "stop" | "length" | "cancelled" | "error"
     token_ids: list[int] = field(default_factory=list)   # generated ids (stop token included)
     prompt_tokens: int = 0             # tokens in the prompt
     prompt_tokens_evaluated: int = 0   # of those, how many had to be run (the rest came from the cache)
@@ -322,6 +322,9 @@ class Generation:
             except (GeneratorExit, KeyboardInterrupt):
                 finish = "cancelled"
                 raise
+            except BaseException:
+                finish = "error"
+                raise
             finally:
                 res.generation_time_s = time.perf_counter() - t0 if res.prompt_time_s else 0.0
                 tails = []
@@ -470,7 +473,13 @@ class Conversation:
         finally:
             gen.close()
             res = gen.result
-            if res is not None:
+            if res is None or res.finish_reason == "error" or (
+                    res.finish_reason == "cancelled" and not res.completion_tokens):
+                # nothing was said (the prompt no longer fits, or Ctrl-C during the prompt):
+                # forget the unanswered message
+                if self.messages and self.messages[-1]["role"] == "user":
+                    self.messages.pop()
+            else:
                 self.last_result = res
                 msg = {"role": "assistant", "content": res.content}
                 if res.reasoning:
