@@ -191,3 +191,29 @@ def test_sharded_checkpoint_equals_single_file(tmp_path):
     assert sorted(ta) == sorted(tb)
     for name in ta:
         assert np.array_equal(ta[name], tb[name]), name
+
+
+def test_config_dialects_give_identical_files(tmp_path):
+    """transformers 4.x (hybrid_override_pattern only, NVIDIA's releases) and 5.x
+    (layers_block_type, {"__float__": "Infinity"}) configs of one model convert identically."""
+    import json
+
+    from helpers.hf_synthetic import write_synthetic_checkpoint
+
+    src = tmp_path / "ckpt"
+    write_synthetic_checkpoint(src, pattern="M*E", hidden=64, n_expert=4, moe_ff=32, shexp_ff=64, n_head=4,
+                               n_kv=2, head_dim=16, ssm_heads=4, ssm_head_dim=16, d_state=16, n_groups=2)
+    cfg = json.loads((src / "config.json").read_text())
+    assert cfg["time_step_limit"][1] == {"__float__": "Infinity"}
+    outs = []
+    for variant in ("both", "4.x", "5.x"):
+        c = dict(cfg)
+        if variant == "4.x":
+            c.pop("layers_block_type")
+            c["time_step_limit"] = [0.0, float("inf")]       # json writes Infinity
+        elif variant == "5.x":
+            c.pop("hybrid_override_pattern")
+            c.pop("num_hidden_layers")
+        (src / "config.json").write_text(json.dumps(c))
+        outs.append(convert(src, tmp_path / f"{variant}.gguf", outtype="q8_0", progress=False).read_bytes())
+    assert outs[0] == outs[1] == outs[2]
