@@ -212,6 +212,8 @@ class Tokenizer:
 
         special = {a["id"] for a in added if a.get("special")}
         eos_ids = {i for i in (eos, eot, eom) if i is not None}
+        # nemocpu's converter stores all of generation_config.json's eos ids
+        eos_ids.update(int(i) for i in kv.get("nemocpu.tokenizer.eos_token_ids") or [] if 0 <= int(i) < n)
         # Chat models end a turn with <|im_end|> and may emit </s> (Nemotron's generation_config
         # stops on both), whichever of them eos_token_id names.
         for text in ("<|im_end|>", "</s>", "<|eot_id|>", "<|end|>"):

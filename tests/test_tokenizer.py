@@ -142,3 +142,13 @@ def test_llama_cpp_vocab_vectors(name):
         assert tok.encode("Hello", add_special=True) == [tok.bos_id] + tok.encode("Hello")
     if name == "llama-bpe":      # llama.cpp's default for llama-bpe is add_bos
         assert tok.encode("Hello", add_special=True)[0] == tok.bos_id == 128000
+
+
+def test_tokenizer_of_the_converted_tiny_gguf_matches_hf(tiny_ref):
+    from nemocpu.data import default_model_path
+    path = default_model_path()
+    tok = Tokenizer.from_gguf_metadata(read_gguf_metadata(path), path)
+    for text in CORPUS:
+        for parse_special in (True, False):
+            assert tok.encode(text, parse_special=parse_special) == ref_encode(tiny_ref, text, parse_special), text
+    assert tok.eos_ids == {2, 4}
