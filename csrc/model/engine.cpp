@@ -89,23 +89,40 @@ void Engine::rmsnorm_rows(const float* x, const float* w, int64_t T, float* out)
   }, 4);
 }
 
-void Engine::linear(const Weight& w, int64_t m, const float* x, int64_t ldx, int64_t T, float* y, int64_t ldy) {
-  const WeightMatrix wm = w.mat(m);
+Activations Engine::activations(const Weight& w, const float* x, int64_t ldx, int64_t T,
+                                std::vector<BlockQ8Act>& blocks) {
   Activations a;
   a.x = x;
   a.ldx = ldx;
   a.T = T;
   if (w.quantized_act()) {
     const int64_t nb = w.K / QK;
-    if ((int64_t)qbuf_.size() < T * nb) qbuf_.resize(T * nb);
-    BlockQ8Act* q = qbuf_.data();
+    if ((int64_t)blocks.size() < T * nb) blocks.resize(T * nb);
+    BlockQ8Act* q = blocks.data();
     pool_->parallel_for(T, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) kt_.quantize_q8(x + t * ldx, w.K, q + t * nb);
     }, 8);
     a.q = q;
     a.ldq = nb;
   }
-  pool_->parallel_for(w.rows, [&](int64_t r0, int64_t r1) { kt_.matmul(wm, r0, r1, a, y, ldy); }, kRowGrain);
+  return a;
+}
+
+void Engine::run(const std::vector<MatJob>& jobs) {
+  std::vector<int64_t> start(jobs.size() + 1, 0);  // first global row of each job
+  for (size_t j = 0; j < jobs.size(); ++j) start[j + 1] = start[j] + jobs[j].w.rows;
+  pool_->parallel_for(start.back(), [&](int64_t r0, int64_t r1) {
+    size_t j = std::upper_bound(start.begin(), start.end(), r0) - start.begin() - 1;
+    for (; r0 < r1; ++j) {
+      const int64_t e = std::min(r1, start[j + 1]);
+      if (e > r0) kt_.matmul(jobs[j].w, r0 - start[j], e - start[j], jobs[j].a, jobs[j].y, jobs[j].ldy);
+      r0 = std::max(r0, e);
+    }
+  }, kRowGrain);
+}
+
+void Engine::linear(const Weight& w, int64_t m, const float* x, int64_t ldx, int64_t T, float* y, int64_t ldy) {
+  run({MatJob{w.mat(m), activations(w, x, ldx, T, qbuf_), y, ldy}});
 }
 
 void Engine::forward_chunk(State& st, const int32_t* tokens, int64_t T, bool clamp_dt, float* logits,

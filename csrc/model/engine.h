@@ -41,7 +41,19 @@ class Engine {
   void attention(const Layer& L, int ai, State& st, const float* h, int64_t T, float* out);
   void moe(const Layer& L, const float* h, int64_t T, float* out);
   void mlp(const Weight& up, const Weight& down, const float* h, int64_t T, float* out);
-  // y[t, :] = W_m . x[t, :] for T rows, threaded over output rows.
+  // One product of a batch: y[t, r] = W[r, :] . a.x[t, :] for all rows r of W.
+  struct MatJob {
+    WeightMatrix w;
+    Activations a;
+    float* y;
+    int64_t ldy;
+  };
+  // Activations of x [T, ldx] for weight w; quantized into `blocks` when w dots int8.
+  Activations activations(const Weight& w, const float* x, int64_t ldx, int64_t T,
+                          std::vector<BlockQ8Act>& blocks);
+  // All jobs in one parallel region over their concatenated output rows (one barrier).
+  void run(const std::vector<MatJob>& jobs);
+  // y[t, :] = W_m . x[t, :] for T rows.
   void linear(const Weight& w, int64_t m, const float* x, int64_t ldx, int64_t T, float* y, int64_t ldy);
   void rmsnorm_rows(const float* x, const float* w, int64_t T, float* out);
 

@@ -56,9 +56,14 @@ void Engine::attention(const Layer& L, int ai, State& st, const float* h, int64_
   const int64_t E = hp_.n_embd, hd = hp_.head_dim, nq = hp_.n_head, nkv = hp_.n_head_kv;
   const int64_t qw = nq * hd, kvw = nkv * hd, n_past = st.n_past();
   std::vector<float> q(T * qw), k(T * kvw), v(T * kvw), o(T * qw);
-  linear(L.wq, 0, h, E, T, q.data(), qw);
-  linear(L.wk, 0, h, E, T, k.data(), kvw);
-  linear(L.wv, 0, h, E, T, v.data(), kvw);
+  {  // q, k, v in one parallel region; the int8 activations are shared when the types allow
+    std::vector<BlockQ8Act> qb, kb, vb;
+    const Activations aq = activations(L.wq, h, E, T, qb);
+    const Activations ak = L.wk.quantized_act() && L.wq.quantized_act() ? aq : activations(L.wk, h, E, T, kb);
+    const Activations av = L.wv.quantized_act() && L.wq.quantized_act() ? aq : activations(L.wv, h, E, T, vb);
+    run({MatJob{L.wq.mat(), aq, q.data(), qw}, MatJob{L.wk.mat(), ak, k.data(), kvw},
+         MatJob{L.wv.mat(), av, v.data(), kvw}});
+  }
 
   const int kv_type = st.layout().kv_type;
   const int64_t rb = st.layout().kv_row_bytes();
@@ -116,30 +121,57 @@ void Engine::moe(const Layer& L, const float* h, int64_t T, float* out) {
   for (int64_t t = 0; t < T; ++t)
     route_token(router_, logits.data() + t * ne, L.exp_probs_b, idx.data() + t * k, wt.data() + t * k);
 
-  if (L.has_shexp) mlp(L.up_shexp, L.down_shexp, h, T, out);
-  else std::fill(out, out + T * E, 0.0f);
-
-  // Group the tokens by expert; each expert runs as one small matmul over its tokens.
+  // Group the (token, slot) pairs by expert: each expert is one small matmul over its
+  // tokens, and all experts (plus the shared one) run in one parallel region per projection.
   std::vector<std::vector<int64_t>> slots(ne);  // expert -> (t * k + j)
   for (int64_t s = 0; s < T * k; ++s) slots[idx[s]].push_back(s);
-  std::vector<float> xe, act, ye;
-  for (int64_t e = 0; e < ne; ++e) {
-    const auto& S = slots[e];
-    if (S.empty()) continue;
-    const int64_t n = (int64_t)S.size();
-    xe.resize(n * E);
-    act.resize(n * F);
-    ye.resize(n * E);
-    for (int64_t i = 0; i < n; ++i) std::memcpy(xe.data() + i * E, h + (S[i] / k) * E, E * sizeof(float));
-    linear(L.up_exps, e, xe.data(), E, n, act.data(), F);
-    for (auto& a : act) a = relu2(a);
-    linear(L.down_exps, e, act.data(), F, n, ye.data(), E);
-    for (int64_t i = 0; i < n; ++i) {
-      const float w = wt[S[i]];
-      float* o = out + (S[i] / k) * E;
-      for (int64_t c = 0; c < E; ++c) o[c] += w * ye[i * E + c];
-    }
+  std::vector<int64_t> active;
+  for (int64_t e = 0; e < ne; ++e)
+    if (!slots[e].empty()) active.push_back(e);
+  const int64_t n_job = (int64_t)active.size() + (L.has_shexp ? 1 : 0);
+  const int64_t Fsh = L.has_shexp ? L.up_shexp.rows : 0;
+
+  std::vector<int64_t> tok0(active.size() + 1, 0);  // first gathered row of each expert
+  for (size_t i = 0; i < active.size(); ++i) tok0[i + 1] = tok0[i] + (int64_t)slots[active[i]].size();
+  const int64_t n_rows = tok0.back();
+  std::vector<float> xe(n_rows * E), act(n_rows * F + T * Fsh), ye(n_rows * E + T * E);
+  for (size_t i = 0; i < active.size(); ++i)
+    for (size_t r = 0; r < slots[active[i]].size(); ++r)
+      std::memcpy(xe.data() + (tok0[i] + r) * E, h + (slots[active[i]][r] / k) * E, E * sizeof(float));
+  float* act_sh = act.data() + n_rows * F;
+  float* ye_sh = ye.data() + n_rows * E;
+
+  std::vector<std::vector<BlockQ8Act>> qb(n_job);
+  std::vector<MatJob> jobs;
+  for (size_t i = 0; i < active.size(); ++i) {
+    const int64_t n = tok0[i + 1] - tok0[i];
+    jobs.push_back({L.up_exps.mat(active[i]), activations(L.up_exps, xe.data() + tok0[i] * E, E, n, qb[i]),
+                    act.data() + tok0[i] * F, F});
   }
+  if (L.has_shexp) jobs.push_back({L.up_shexp.mat(), activations(L.up_shexp, h, E, T, qb.back()), act_sh, Fsh});
+  run(jobs);
+  for (auto& a : act) a = relu2(a);
+  jobs.clear();
+  for (size_t i = 0; i < active.size(); ++i) {
+    const int64_t n = tok0[i + 1] - tok0[i];
+    jobs.push_back({L.down_exps.mat(active[i]), activations(L.down_exps, act.data() + tok0[i] * F, F, n, qb[i]),
+                    ye.data() + tok0[i] * E, E});
+  }
+  if (L.has_shexp)
+    jobs.push_back({L.down_shexp.mat(), activations(L.down_shexp, act_sh, Fsh, T, qb.back()), ye_sh, E});
+  run(jobs);
+
+  // out = shared + sum_j w_j expert_j, in a fixed order (independent of threads and chunking)
+  if (L.has_shexp) std::memcpy(out, ye_sh, T * E * sizeof(float));
+  else std::fill(out, out + T * E, 0.0f);
+  for (size_t i = 0; i < active.size(); ++i)
+    for (size_t r = 0; r < slots[active[i]].size(); ++r) {
+      const int64_t s = slots[active[i]][r];
+      const float w = wt[s];
+      const float* src = ye.data() + (tok0[i] + r) * E;
+      float* o = out + (s / k) * E;
+      for (int64_t c = 0; c < E; ++c) o[c] += w * src[c];
+    }
 }
 
 // ---- dense relu^2 MLP (also the shared expert) -----------------------------------------
