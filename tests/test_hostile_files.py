@@ -265,3 +265,31 @@ def test_valid_synthetic_files_load(tmp_path):
     results = run_cases(cases)
     for t in cases:
         assert results[t]["kind"] == "loaded", results[t]
+
+
+def test_random_corruption_never_crashes(tmp_path):
+    """Random bytes overwritten in the header, metadata and tensor infos: the file either still
+    describes a valid model or is rejected with a ModelFileError -- no other exception, no crash."""
+    from nemocpu.gguf_file import GGUFFile
+
+    full = tmp_path / "full.gguf"
+    write_model(full, wtype="q4_0")
+    blob = full.read_bytes()
+    with GGUFFile(full) as g:
+        head = g.data_offset
+    rng = np.random.default_rng(1234)
+    cases = {}
+    for i in range(80):
+        b = bytearray(blob)
+        for pos in rng.integers(0, head, rng.integers(1, 4)):
+            b[pos] = int(rng.integers(0, 256))
+        p = tmp_path / f"corrupt{i}.gguf"
+        p.write_bytes(bytes(b))
+        cases[p.stem] = p
+    results = run_cases(cases)
+    kinds = {r["kind"] for r in results.values()}
+    assert kinds <= {"loaded", "GGUFError", "ModelFileError"}, [r for r in results.values()
+                                                                 if r["kind"].startswith("other")][:3]
+    for name, r in results.items():
+        if r["kind"] != "loaded":
+            assert str(cases[name]) in r["msg"]
