@@ -118,11 +118,6 @@ class Model:
         from . import generate as _generate
         return _generate.chat(self, *args, **kwargs)
 
-    def close(self) -> None:
-        """Release the engine and the file mapping (also happens when the Model is freed)."""
-        self._engine = None
-        self._file.gguf.close()
-
     def __repr__(self):
         hp = self.config
         return (f"<nemocpu.Model {os.path.basename(self.path)!r} {hp.arch} {hp.n_layer} layers "
@@ -153,6 +148,7 @@ class Session:
     def eval(self, ids, all_logits: bool = False) -> np.ndarray:
         """Append tokens; return float32 logits [1, n_vocab] for the last one, or [T, n_vocab]."""
         arr = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+        # checked here too because the int32 cast below would wrap ids >= 2**31 into range
         if arr.size and (arr.min() < 0 or arr.max() >= self.model.n_vocab):
             bad = int(arr[(arr < 0) | (arr >= self.model.n_vocab)][0])
             raise ValueError(f"token id {bad} out of range [0, {self.model.n_vocab})")

@@ -110,6 +110,14 @@ def test_run_command_json_is_greedy(model):
     assert out["text"] == model.detokenize(want)
 
 
+def test_run_command_sampling_follows_the_seed():
+    args = ("run", "-p", "Calculate 401 + 50.", "-n", "12", "--temp", "1.5", "--threads", "1", "--json",
+            "--ignore-eos")
+    a, b, c = (json.loads(_cli(*args, "--seed", s).stdout)["generated_ids"] for s in ("7", "7", "8"))
+    assert a == b and len(a) == 12
+    assert a != c
+
+
 def test_run_command_streams_text():
     r = _cli("run", "-p", "Hello", "-n", "4", "--threads", "1")
     assert r.returncode == 0, r.stderr
