@@ -139,3 +139,20 @@ def test_data_view_is_read_only(tmp_path):
         v[0] = 1
     g.close()
     assert np.array_equal(v.view(np.float32), np.ones(8, np.float32))  # view keeps the mapping alive
+
+
+def test_version_2_files_parse(tmp_path):
+    """GGUF v2 has v3's layout (64-bit counts); only v1 (32-bit counts) is refused."""
+    import struct
+
+    from helpers.raw_gguf import STR, U32, raw_gguf, s_kv, s_str, s_tensor
+
+    data = np.arange(16, dtype=np.float32).tobytes()
+    p = tmp_path / "v2.gguf"
+    p.write_bytes(raw_gguf([s_kv("n", U32, struct.pack("<I", 3)), s_kv("s", STR, s_str("héllo"))],
+                           [s_tensor("a", (8,), 0, 0), s_tensor("b", (4, 2), 0, 32)], data, version=2))
+    with GGUFFile(p) as g:
+        assert g.version == 2
+        assert g.metadata == {"n": 3, "s": "héllo"}
+        assert g.tensors["b"].ne == (4, 2) and g.tensors["b"].offset == g.data_offset + 32
+        assert np.array_equal(g.data("b").view(np.float32), np.arange(8, 16, dtype=np.float32))

@@ -16,6 +16,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from helpers.raw_gguf import ARR, BOOL, STR, U32, raw_gguf, s_kv, s_str, s_tensor
 from helpers.synthetic_gguf import small_hparams, write_model
 
 # ------------------------------------------------------------------------------------
@@ -64,32 +65,6 @@ def assert_rejected(results, cases, expect: dict):
             assert want.lower() in r["msg"].lower(), f"{name}: expected {want!r} in {r['msg']!r}"
 
 
-# ------------------------------------------------------------------------------------
-# A raw GGUF serializer: lets a test write what GGUFWriter refuses to
-# ------------------------------------------------------------------------------------
-def s_str(s) -> bytes:
-    b = s if isinstance(s, bytes) else s.encode()
-    return struct.pack("<Q", len(b)) + b
-
-
-def s_kv(key, vtype, payload: bytes) -> bytes:
-    return s_str(key) + struct.pack("<I", vtype) + payload
-
-
-def s_tensor(name, ne, ggml_type, offset) -> bytes:
-    return s_str(name) + struct.pack("<I", len(ne)) + b"".join(struct.pack("<Q", d) for d in ne) \
-        + struct.pack("<IQ", ggml_type, offset)
-
-
-def raw_gguf(kvs=(), tensors=(), data=b"", version=3, n_kv=None, n_tensors=None, magic=b"GGUF", align=32):
-    head = magic + struct.pack("<IQQ", version, len(tensors) if n_tensors is None else n_tensors,
-                               len(kvs) if n_kv is None else n_kv)
-    body = head + b"".join(kvs) + b"".join(tensors)
-    body += b"\0" * (-len(body) % align)
-    return body + data
-
-
-U32, STR, ARR, BOOL = 4, 8, 9, 7
 ONE_TENSOR = [s_tensor("t", (8,), 0, 0)]
 DATA32 = np.arange(8, dtype=np.float32).tobytes()
 

@@ -145,3 +145,32 @@ def test_info_command():
     assert m["hparams"]["layer_kinds"] == "MEMEM*EMEMEM*E"
     r = _cli("info")
     assert r.returncode == 0 and "nemotron_h_moe" in r.stdout
+
+
+def test_file_without_output_weight_runs_tied(tmp_path):
+    """llama.cpp's rule: no output.weight means the lm_head is token_embd. Such a file must give
+    exactly the logits of the same model with output.weight = token_embd written out."""
+    from helpers.synthetic_gguf import small_hparams, write_model
+    from nemocpu.gguf_file import GGUFFile
+
+    embd = {}
+
+    def keep_embd(name, data, raw):
+        if name == "token_embd.weight":
+            embd["data"] = data
+        if name == "output.weight":
+            return None if "drop" in embd else (name, embd["data"], raw)
+        return name, data, raw
+
+    untied = tmp_path / "explicit.gguf"
+    write_model(untied, hp=small_hparams(), tensor_hook=keep_embd)
+    embd["drop"] = True
+    tied = tmp_path / "tied.gguf"
+    write_model(tied, hp=small_hparams(), tensor_hook=keep_embd)
+    with GGUFFile(tied) as g:
+        assert "output.weight" not in g.tensors
+    a = nemocpu.load(untied, threads=1, n_ctx=16)
+    b = nemocpu.load(tied, threads=1, n_ctx=16)
+    assert b.config.tie_word_embeddings and not a.config.tie_word_embeddings
+    ids = [1, 5, 9, 33]
+    np.testing.assert_array_equal(a.session().eval(ids, all_logits=True), b.session().eval(ids, all_logits=True))
