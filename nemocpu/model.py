@@ -41,15 +41,25 @@ def load(path=None, threads=None, n_ctx=4096, kv_type="f16", dt_floor=0.0) -> "M
     threads = default_threads() if threads is None else int(threads)
     if threads < 1:
         raise NemocpuError(f"threads must be positive, got {threads}")
-    from .model_file import open_model_file
-    mf = open_model_file(path)
     from . import _core
+    from .model_file import open_model_file
+    active_variant()                              # a bad NEMOCPU_ISA is not a file problem
+    mf = open_model_file(path)
     try:
         engine = _core.Engine(mf.hparams.as_dict(), mf.tensors, threads, float(dt_floor))
     except ValueError as e:  # the engine's own checks: still a problem with this file
         mf.gguf.close()
         raise GGUFError(mf.path, str(e)) from None
     return Model(mf, engine, int(n_ctx), kv_type, threads)
+
+
+def active_variant() -> str:
+    """The CPU kernel variant in use; NemocpuError if NEMOCPU_ISA asks for one this CPU lacks."""
+    from . import _core
+    try:
+        return _core.active_variant()
+    except ValueError as e:
+        raise NemocpuError(str(e)) from None
 
 
 class Model:

@@ -91,8 +91,9 @@ def test_tokenize_roundtrip(model):
     assert model.detokenize(ids) == "Calculate 401 + 50."
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "nemocpu", *args], capture_output=True, text=True, timeout=300)
+def _cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "nemocpu", *args], capture_output=True, text=True, timeout=300,
+                          env=env)
 
 
 def test_run_command_json_is_greedy(model):
@@ -174,3 +175,13 @@ def test_file_without_output_weight_runs_tied(tmp_path):
     assert b.config.tie_word_embeddings and not a.config.tie_word_embeddings
     ids = [1, 5, 9, 33]
     np.testing.assert_array_equal(a.session().eval(ids, all_logits=True), b.session().eval(ids, all_logits=True))
+
+
+def test_bad_isa_override_is_a_clear_error():
+    import os
+
+    env = dict(os.environ, NEMOCPU_ISA="bogus")
+    for args in (("run", "-p", "x", "-n", "1"), ("info",)):
+        r = _cli(*args, env=env)
+        assert r.returncode == 1, r.stderr
+        assert "NEMOCPU_ISA" in r.stderr and "Traceback" not in r.stderr

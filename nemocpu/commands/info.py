@@ -19,14 +19,15 @@ def collect(path=None) -> dict:
     import nemocpu
     from nemocpu import _core
     from nemocpu.data import default_model_path
+    from nemocpu.model import active_variant
     from nemocpu.model_file import open_model_file
 
     info = {"nemocpu": nemocpu.__version__}
-    if hasattr(_core, "variants"):
-        feats = _core.cpu_features()
-        info["cpu_features"] = sorted(k for k, v in feats.items() if v is True) if isinstance(feats, dict) else feats
-        info["variants"] = list(_core.variants())
-        info["active_variant"] = _core.active_variant()
+    feats = _core.cpu_features()
+    info["cpu_features"] = sorted(k for k, v in feats.items() if v is True)
+    info["compiled_variants"] = list(_core.compiled_variants())
+    info["variants"] = list(_core.variants())
+    info["active_variant"] = active_variant()
     mf = open_model_file(path if path is not None else default_model_path())
     hp = mf.hparams
     types = Counter("FP8" if mf.gguf.tensors[n].type_name == "I8" else mf.gguf.tensors[n].type_name
@@ -56,10 +57,9 @@ def main(args) -> int:
         print(json.dumps(info, indent=1))
         return 0
     print(f"nemocpu {info['nemocpu']}")
-    if "variants" in info:
-        print(f"CPU features:   {' '.join(info['cpu_features'])}")
-        print(f"kernel variants: {', '.join(info['variants'])} (active: {info['active_variant']}; "
-              f"force with NEMOCPU_ISA=...)")
+    print(f"CPU features:    {' '.join(info['cpu_features'])}")
+    print(f"kernel variants: {', '.join(info['compiled_variants'])} compiled, {', '.join(info['variants'])} usable; "
+          f"active: {info['active_variant']} (force with NEMOCPU_ISA=...)")
     m = info["model"]
     hp = m["hparams"]
     print(f"\nmodel:          {m['path']}" + (f"  ({m['name']})" if m["name"] else ""))
