@@ -56,7 +56,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     ap.add_argument("--wtype", default="Q8_0", choices=sorted(BYTES_PER_WEIGHT))
-    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--threads", default="0", help="comma-separated thread counts (0 = all cores)")
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--prefill", type=int, default=128)
     a = ap.parse_args()
@@ -64,23 +64,24 @@ def main():
     t0 = time.time()
     tensors, _ = random_gguf_tensors(hp, 0, a.wtype)
     print(f"{a.preset} {a.wtype}: weights made in {time.time() - t0:.1f}s", flush=True)
-    eng = core.Engine(hp.as_dict(), tensors, a.threads)
+    eng = core.Engine(hp.as_dict(), tensors, 1)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, hp.n_vocab, a.prefill + a.decode).astype(np.int32)
-
-    st = eng.new_state(a.prefill + a.decode + 8)
-    eng.eval(st, ids[:8])                       # warm up
-    st.reset()
-    t0 = time.perf_counter()
-    eng.eval(st, ids[:a.prefill])
-    pre = a.prefill / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    for i in range(a.decode):
-        eng.eval(st, ids[a.prefill + i:a.prefill + i + 1])
-    dec = a.decode / (time.perf_counter() - t0)
     gb = active_weights(hp) * BYTES_PER_WEIGHT[a.wtype] / 1e9
-    print(f"variant {eng.variant}, threads {eng.n_threads}: prefill {pre:.1f} tok/s, decode {dec:.1f} tok/s "
-          f"({gb * 1e3:.1f} MB weights/token -> {gb * dec:.2f} GB/s)")
+    for threads in (int(x) for x in a.threads.split(",")):
+        eng.set_threads(threads)
+        st = eng.new_state(a.prefill + a.decode + 8)
+        eng.eval(st, ids[:8])                       # warm up
+        st.reset()
+        t0 = time.perf_counter()
+        eng.eval(st, ids[:a.prefill])
+        pre = a.prefill / (time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        for i in range(a.decode):
+            eng.eval(st, ids[a.prefill + i:a.prefill + i + 1])
+        dec = a.decode / (time.perf_counter() - t0)
+        print(f"variant {eng.variant}, threads {eng.n_threads}: prefill {pre:.1f} tok/s, decode {dec:.1f} tok/s "
+              f"({gb * 1e3:.1f} MB weights/token -> {gb * dec:.2f} GB/s)", flush=True)
 
 
 if __name__ == "__main__":
