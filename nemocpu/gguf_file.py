@@ -139,6 +139,8 @@ class GGUFFile:
         t = self.tensors.get(name)
         if t is None:
             raise GGUFError(self.path, f"no tensor named {name!r}")
+        if self._bytes is None:
+            raise GGUFError(self.path, "file is closed")
         return self._bytes[t.offset:t.offset + t.nbytes]
 
     def close(self) -> None:
