@@ -170,3 +170,23 @@ def test_forced_variant_env(monkeypatch):
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "NEMOCPU_ISA=nope" in bad.stderr
     assert "generic" in core.variants() and isinstance(core.cpu_features(), dict)
+
+
+def test_every_variant_runs_the_engine():
+    """The engine picks its kernels at construction: run it under each usable NEMOCPU_ISA."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = (
+        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]);"
+        "import nemocpu._core as core; from oracle import *;"
+        "hp = tiny_hparams('MEM*EME*M'); t, P = random_gguf_tensors(hp, 2, 'Q4_0');"
+        "eng = core.Engine(hp.as_dict(), t, 2); ids = np.arange(1, 12, dtype=np.int32);"
+        "ref = forward(P, hp, ids, act_quant=quantized_names(t));"
+        "got = eng.eval(eng.new_state(16, 'f32'), ids, all_logits=True);"
+        "print(eng.variant, float(np.abs(got - ref).max() / np.abs(ref).max()))")
+    for v in core.variants():
+        out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True,
+                             text=True, env={**os.environ, "NEMOCPU_ISA": v}, check=True).stdout.split()
+        assert out[0] == v and float(out[1]) <= TOL, out

@@ -36,6 +36,13 @@ bool Weight::quantized_act() const { return type == GGML_Q8_0 || type == GGML_Q4
 void HParams::validate() const {
   auto bad = [](const std::string& m) { throw std::invalid_argument("bad hparams: " + m); };
   if (n_vocab <= 0 || n_embd <= 0) bad("n_vocab and n_embd must be positive");
+  // Every size must stay far from int64 overflow in byte computations (hostile metadata).
+  constexpr int64_t kMaxDim = int64_t(1) << 24;
+  for (int64_t v : {n_vocab, n_embd, n_head, n_head_kv, head_dim, ssm_n_head, ssm_head_dim, ssm_d_state,
+                    ssm_n_group, ssm_conv_kernel, n_ff, n_expert, n_expert_used, n_ff_exp, n_ff_shexp,
+                    expert_group_count, expert_group_used_count})
+    if (v < 0 || v > kMaxDim) bad("a size is negative or above 2^24: " + std::to_string(v));
+  if (layer_kinds.size() > 4096) bad("more than 4096 layers");
   if (layer_kinds.empty()) bad("no layers");
   for (char k : layer_kinds) {
     if (k == 'M') {
@@ -110,7 +117,8 @@ class Binder {
     if (v.type != GGML_F32)
       fail(name, std::string("type ") + ggml_type_name(v.type) + " (" + std::to_string(v.type) + "), must be F32");
     int64_t n = 1;
-    for (auto d : ne) n *= d;
+    for (auto d : ne)
+      if (__builtin_mul_overflow(n, d, &n)) fail(name, "size overflows");
     if (v.nbytes != 4 * n) fail(name, "holds " + std::to_string(v.nbytes) + " bytes, expected " + std::to_string(4 * n));
     if (((uintptr_t)v.data) % alignof(float)) fail(name, "data is not 4-byte aligned");
     return (const float*)v.data;
@@ -132,7 +140,9 @@ class Binder {
       fail(name, "type " + std::to_string(v.type) + " is not supported (F32, F16, BF16, Q8_0, Q4_0, FP8/I8)");
     if ((v.type == GGML_Q8_0 || v.type == GGML_Q4_0) && K % QK)
       fail(name, std::string(ggml_type_name(v.type)) + " needs ne0 divisible by 32, got " + std::to_string(K));
-    const int64_t expect = w.row_bytes * rows * w.n_mat;
+    int64_t expect = 0;
+    if (__builtin_mul_overflow(w.row_bytes, rows, &expect) || __builtin_mul_overflow(expect, w.n_mat, &expect))
+      fail(name, "size overflows");
     if (v.nbytes != expect)
       fail(name, "holds " + std::to_string(v.nbytes) + " bytes, expected " + std::to_string(expect));
     if ((v.type == GGML_F32 && ((uintptr_t)v.data) % 4) || ((v.type == GGML_F16 || v.type == GGML_BF16 ||
