@@ -58,3 +58,18 @@ def test_multiturn_reuses_state_and_matches_a_fresh_run(tiny_f32):
                           cache=PrefixCache(tiny_f32.session()))
     assert fresh.prompt_tokens_evaluated == fresh.prompt_tokens
     assert fresh.token_ids == answers[-1].token_ids
+
+
+@pytest.mark.slow
+def test_multiturn_chat_matches_transformers_turn_by_turn(tiny_f32, tiny_dir):
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from nemocpu.generate import Conversation, render_chat
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tiny_dir), dtype=torch.float32).eval()
+    conv = Conversation(tiny_f32, temperature=0, max_tokens=160)
+    for q in ("Calculate 401 + 50.", "Compute 48 × 17."):
+        ours = conv.send(q)
+        ids = tiny_f32.tokenizer.encode(render_chat(tiny_f32, conv.full_messages()[:-1]), parse_special=True)
+        with torch.no_grad():
+            out = hf.generate(torch.tensor([ids]), max_new_tokens=160, do_sample=False, eos_token_id=[2, 4])
+        assert out[0, len(ids):].tolist() == ours.token_ids
