@@ -2,16 +2,13 @@
 conversations (``Conversation``), with streaming, stop conditions, reasoning parsing and a
 thinking budget.
 
-Multi-turn chats do not re-process the conversation: a ``PrefixCache`` keeps the session's
-token history plus snapshots taken at message boundaries, and each prompt resumes from the
-longest of those that is a prefix of it. (Mamba state cannot be rewound token by token, so
-snapshots are the only way back; the chat template drops old reasoning, so the prompt of
-the next turn diverges from the state right after the previous generation prompt.)
+Multi-turn chats do not re-process the conversation: each prompt resumes from the longest
+cached prefix (``nemocpu.prefix_cache``), with a snapshot taken where the conversation so far
+ends, before the generation prompt.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -19,6 +16,7 @@ from typing import Iterator
 import numpy as np
 
 from .chat_template import ChatTemplate
+from .prefix_cache import PrefixCache
 from .sampling import Sampler, SamplingParams, recommended_params
 from .tool_calls import ToolCall, parse_tool_calls, strip_tool_calls
 
@@ -59,74 +57,6 @@ class GenerationResult:
     @property
     def tokens_per_s(self) -> float:
         return self.completion_tokens / self.generation_time_s if self.generation_time_s > 0 else 0.0
-
-
-# ------------------------------------------------------------------------------------
-# Prefix cache
-# ------------------------------------------------------------------------------------
-class PrefixCache:
-    """A Session plus the tokens its state holds and snapshots at known prefixes."""
-
-    def __init__(self, session, max_snapshots: int = 8):
-        self.session = session
-        self.max_snapshots = max_snapshots
-        self.tokens: list[int] = []          # what the session state currently holds
-        self._snaps: list[tuple[tuple[int, ...], object]] = []
-        self._dirty = False                  # an eval was interrupted: self.tokens is unreliable
-        self.lock = threading.RLock()
-
-    @property
-    def n_ctx(self) -> int:
-        return self.session.n_ctx
-
-    def eval(self, ids, all_logits: bool = False) -> np.ndarray:
-        self._dirty = True
-        out = self.session.eval(ids, all_logits)
-        self.tokens.extend(int(i) for i in ids)
-        self._dirty = False
-        return out
-
-    def snapshot_here(self) -> None:
-        key = tuple(self.tokens)
-        self._snaps = [(k, s) for k, s in self._snaps if k != key]
-        self._snaps.append((key, self.session.snapshot()))
-        del self._snaps[:-self.max_snapshots]
-
-    def clear(self) -> None:
-        self.session.reset()
-        self.tokens, self._snaps, self._dirty = [], [], False
-
-    def prefill(self, ids: list[int], boundaries=()) -> tuple[np.ndarray, int]:
-        """Bring the state to ``ids`` and return (logits of the last token, tokens reused).
-        Snapshots are taken at each boundary (a token count) crossed on the way."""
-        ids = [int(i) for i in ids]
-        n = len(ids)
-        if n == 0:
-            raise ValueError("empty prompt")
-        if n > self.n_ctx:
-            raise ValueError(f"prompt has {n} tokens, the context holds {self.n_ctx}")
-        start, source = 0, None
-        # at least one token must be evaluated to get logits, hence the strict < n
-        if not self._dirty and len(self.tokens) < n and ids[:len(self.tokens)] == self.tokens:
-            start, source = len(self.tokens), "live"
-        for key, snap in self._snaps:
-            if start < len(key) < n and tuple(ids[:len(key)]) == key:
-                start, source = len(key), (key, snap)
-        if source is None:
-            self.session.reset()
-            self.tokens, self._dirty = [], False
-        elif source != "live":
-            key, snap = source
-            self.session.restore(snap)
-            self.tokens, self._dirty = list(key), False
-            self._snaps.remove(source)
-            self._snaps.append(source)   # most recently used last
-        pos = start
-        for b in sorted(set(b for b in boundaries if start < b < n)):
-            self.eval(ids[pos:b])
-            self.snapshot_here()
-            pos = b
-        return self.eval(ids[pos:]), start
 
 
 def _model_cache(model) -> PrefixCache:
@@ -282,6 +212,7 @@ class Generation:
             try:
                 t0 = time.perf_counter()
                 logits, reused = self.cache.prefill(self.prompt_ids, self.boundaries)
+                epoch = self.cache.epoch
                 res.prompt_tokens_evaluated = len(self.prompt_ids) - reused
                 res.prompt_time_s = time.perf_counter() - t0
                 t0 = time.perf_counter()
@@ -318,6 +249,8 @@ class Generation:
                     last_text = tok.decode([t])
                     if len(self.cache.tokens) >= self.cache.n_ctx:
                         break
+                    if self.cache.epoch != epoch:
+                        raise RuntimeError("this generation was superseded by a newer one on the same session")
                     logits = self.cache.eval([t])
             except (GeneratorExit, KeyboardInterrupt):
                 finish = "cancelled"

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from fake_model import FakeModel
-from nemocpu.generate import Conversation, PrefixCache, chat, generate, render_chat
+from nemocpu.generate import Conversation, chat, generate, render_chat
+from nemocpu.prefix_cache import PrefixCache
 from nemocpu.tool_calls import parse_tool_calls
 
 USER = [{"role": "user", "content": "What is 2+3?"}]
@@ -163,3 +164,13 @@ def test_unknown_sampling_argument_is_rejected():
     m = FakeModel("x")
     with pytest.raises(TypeError, match="temprature"):
         chat(m, USER, temprature=0.5)
+
+
+def test_an_abandoned_stream_cannot_corrupt_a_newer_generation():
+    m = FakeModel("a b c d e f", marker_text="Go:")
+    old = generate(m, "Go:", stream=True)
+    next(old)
+    assert generate(m, "Go:").text == "a b c d e f"
+    with pytest.raises(RuntimeError, match="superseded"):
+        list(old)
+    assert generate(m, "Go:").text == "a b c d e f"

@@ -49,7 +49,8 @@ def test_chat_streams_reasoning_then_answer(tiny_f32):
 
 
 def test_multiturn_reuses_state_and_matches_a_fresh_run(tiny_f32):
-    from nemocpu.generate import Conversation, PrefixCache
+    from nemocpu.generate import Conversation
+    from nemocpu.prefix_cache import PrefixCache
     conv = Conversation(tiny_f32, temperature=0, max_tokens=200)
     answers = [conv.send(q) for q in ("Calculate 401 + 50.", "Compute 48 × 17.", "Calculate 250 - 75.")]
     assert all(a.prompt_tokens_evaluated < a.prompt_tokens for a in answers[1:])
