@@ -124,3 +124,14 @@ def test_single_prompt_flag(tmp_path):
                         "--threads", "1"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("<think>\n") and r.stdout.rstrip().endswith("</think>\n401 + 50 = 451")
+
+
+def test_bad_settings_and_overlong_prompts_fail_cleanly(tmp_path):
+    import subprocess
+    base = [sys.executable, "-m", "nemocpu", "chat", "--threads", "1"]
+    r = subprocess.run(base + ["-p", "hi", "--top-p", "0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "top_p" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(base + ["-p", "word " * 600, "--n-ctx", "256"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "the context holds 256" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(base + [str(tmp_path / "missing.gguf"), "-p", "hi"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "missing.gguf" in r.stderr and "Traceback" not in r.stderr

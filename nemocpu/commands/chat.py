@@ -63,14 +63,16 @@ def main(args) -> int:
         raise NemocpuError("--think-budget must be >= 0")
     model = nemocpu.load(args.model, threads=args.threads, n_ctx=args.n_ctx)
     try:
+        from nemocpu.sampling import recommended_params
+        for reasoning in (True, False):          # bad values fail now, not at the first message
+            recommended_params(model.metadata, reasoning, **sampling)
         conv = Conversation(model, system=args.system, enable_thinking=not args.no_think,
                             thinking_budget=args.think_budget, max_tokens=args.max_tokens, **sampling)
     except (TypeError, ValueError) as e:
         raise NemocpuError(str(e)) from None
     repl = ChatRepl(conv, tty=sys.stdout.isatty(), hide_reasoning=args.hide_reasoning)
     if args.prompt is not None:
-        repl.reply(lambda: conv.send(args.prompt, stream=True))
-        return 0
+        return 0 if repl.reply(lambda: conv.send(args.prompt, stream=True)) else 1
     return repl.loop(interactive=sys.stdin.isatty() and sys.stdout.isatty())
 
 
@@ -95,8 +97,8 @@ class ChatRepl:
         else:
             print(s, file=sys.stderr, flush=True)
 
-    def reply(self, start) -> None:
-        """Stream one reply; Ctrl-C stops it and keeps what was said."""
+    def reply(self, start) -> bool:
+        """Stream one reply; Ctrl-C stops it and keeps what was said. False on error."""
         # The reasoning is wrapped whole in <think> tags (plain) or dim/reset codes (terminal),
         # so the text inside stays contiguous for readers and for terminal scrapers.
         open_r, close_r = (DIM, RESET + "\n\n") if self.tty else ("<think>\n", "\n</think>\n")
@@ -125,11 +127,12 @@ class ChatRepl:
                 stream.close()
             self.write((RESET if self.tty else "") + "\n")
             self.info("[interrupted]")
-            return
+            return True
         except ValueError as e:      # e.g. the conversation no longer fits in the context
             self.write((RESET if self.tty else "") + "\n")
-            self.info(f"[error: {e}; /reset starts over]")
-            return
+            hint = "; /reset starts over" if "context" in str(e) else ""
+            self.info(f"[error: {e}{hint}]")
+            return False
         finally:
             if stream is not None:
                 stream.close()
@@ -140,6 +143,7 @@ class ChatRepl:
             self.info(f"[prompt {r.prompt_tokens_evaluated}/{r.prompt_tokens} tokens at {r.prompt_tokens_per_s:.1f} t/s"
                       f" | {r.completion_tokens} tokens at {r.tokens_per_s:.1f} t/s"
                       f"{', stopped: length' if r.finish_reason == 'length' else ''}{calls}]")
+        return True
 
     # ---- input ----------------------------------------------------------------------
     def _make_reader(self, interactive: bool):
