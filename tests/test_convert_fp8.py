@@ -179,3 +179,32 @@ def test_shared_tiny_fp8_model_is_lossless(tiny_gguf):
     g = {"t": {t.name: t for t in r.tensors}}
     n_fp8_gguf = sum(1 for t in r.tensors if t.tensor_type == T.I8)
     assert check_lossless(g, fp8, 32) == n_fp8_gguf > 0
+
+
+def test_per_row_modelopt_scales_are_kept_and_permuted_with_their_rows(fp8_ckpt, tmp_path):
+    """A per-output-row weight_scale ([out]) stays per row; for q_proj/k_proj the scales move
+    with the rows of llama.cpp's Q/K permutation, so W is unchanged."""
+    from safetensors.torch import load_file, save_file
+
+    from helpers.convert_reference import expected_tensors, read_gguf_tensors
+
+    src, _ = fp8_ckpt
+    dst = tmp_path / "per-row"
+    shutil.copytree(src, dst)
+    sd = load_file(dst / "model.safetensors")
+    for name in ("backbone.layers.0.mixer.in_proj.weight", "backbone.layers.2.mixer.q_proj.weight"):
+        w = sd[name].float() * (sd[name + "_scale"].float() if name + "_scale" in sd else 1.0)
+        scale = (w.abs().amax(dim=1) / 448.0).clamp_min(1e-12)
+        sd[name] = (w / scale[:, None]).to(torch.float8_e4m3fn)
+        sd[name + "_scale"] = scale.float()
+    save_file(sd, dst / "model.safetensors")
+
+    got = read_gguf_tensors(convert(dst, tmp_path / "m.gguf", outtype="auto", progress=False))
+    ref = expected_tensors(dst)            # HF codes * per-row scales, then the documented permutation
+    for name in ("blk.0.ssm_in.weight", "blk.2.attn_q.weight"):
+        typ, raw, vals = got[name]
+        assert typ == "FP8"
+        np.testing.assert_array_equal(vals, ref[name])
+    scale = GGUFReader(tmp_path / "m.gguf").tensors
+    n_scale = {t.name: int(np.prod(t.shape)) for t in scale if t.name.endswith("_scale")}
+    assert n_scale["blk.2.attn_q.weight_scale"] == 64 and n_scale["blk.0.ssm_in.weight_scale"] > 1

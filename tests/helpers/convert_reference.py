@@ -62,7 +62,8 @@ def _load_hf(hf_dir) -> tuple[dict, dict]:
             continue
         v = t.float().numpy()
         if t.dtype == torch.float8_e4m3fn:
-            v = v * raw[k + "_scale"].float().numpy()
+            s = raw[k + "_scale"].float().numpy().reshape(-1)
+            v = v * (s.reshape(-1, *[1] * (v.ndim - 1)) if s.size > 1 else s[0])   # per row / tensor
         out[k] = v.astype(np.float32)
     return cfg, out
 
