@@ -217,3 +217,10 @@ def test_config_dialects_give_identical_files(tmp_path):
         (src / "config.json").write_text(json.dumps(c))
         outs.append(convert(src, tmp_path / f"{variant}.gguf", outtype="q8_0", progress=False).read_bytes())
     assert outs[0] == outs[1] == outs[2]
+
+
+def test_cli_outtypes_match_the_converter():
+    """nemocpu/commands/convert.py repeats the list to keep `nemocpu --help` import-light."""
+    from nemocpu.commands.convert import OUTTYPES as CLI_OUTTYPES
+
+    assert CLI_OUTTYPES == OUTTYPES
