@@ -59,10 +59,15 @@ def llamacpp_dir() -> Path:
     return tree
 
 
+LLAMACPP_OUTTYPES = ("f32", "f16", "bf16", "q8_0", "auto")
+
+
 def run_llamacpp(hf_dir: Path, outtype: str, out: Path, pre: str) -> None:
-    subprocess.run([sys.executable, "-c", RUNNER, str(llamacpp_dir()), pre, str(hf_dir),
-                    "--outtype", outtype, "--outfile", str(out)], check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    r = subprocess.run([sys.executable, "-c", RUNNER, str(llamacpp_dir()), pre, str(hf_dir),
+                        "--outtype", outtype, "--outfile", str(out)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if r.returncode:
+        raise SystemExit(f"llama.cpp's converter failed on {hf_dir} --outtype {outtype}:\n{r.stderr[-3000:]}")
 
 
 def run_nemocpu(hf_dir: Path, outtype: str, out: Path) -> None:
@@ -130,6 +135,10 @@ def main(argv=None) -> int:
     ok = True
     with tempfile.TemporaryDirectory() as tmp:
         for outtype in args.outtype:
+            if outtype not in LLAMACPP_OUTTYPES:
+                print(f"== --outtype {outtype}: skipped (llama.cpp's converter has no such type; "
+                      "q4_0 is made by llama-quantize, FP8 does not exist in ggml)")
+                continue
             ours, theirs = Path(tmp) / f"ours-{outtype}.gguf", Path(tmp) / f"llamacpp-{outtype}.gguf"
             run_llamacpp(args.hf_dir, outtype, theirs, args.pre)
             run_nemocpu(args.hf_dir, outtype, ours)
