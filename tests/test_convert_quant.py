@@ -90,3 +90,21 @@ def test_fp8_rows_per_row_scale_and_rne_codes(x):
     ref_v = ref.view(ml_dtypes.float8_e4m3fn).astype(np.float32)
     np.testing.assert_array_equal(got_v, ref_v)
     assert not np.isnan(got_v).any()
+
+
+def test_q8_0_rounding_at_every_half_step():
+    """Blocks with amax 127 have d = 1, so each element is rounded as is: k + 0.5 and its float32
+    neighbours, for every k, both signs, must round like ggml's roundf (gguf.quants)."""
+    half = np.arange(127, dtype=np.float32) + np.float32(0.5)
+    vals = [half]
+    for direction in (0, 200):
+        v = half
+        for _ in range(3):
+            v = np.nextafter(v, np.float32(direction))
+            vals.append(v)
+    vals = np.concatenate(vals)
+    vals = np.concatenate([vals, -vals])
+    vals = vals[np.abs(vals) <= 127]
+    vals = np.concatenate([vals, np.zeros(-len(vals) % 31, np.float32)])
+    blocks = np.concatenate([np.full((len(vals) // 31, 1), 127, np.float32), vals.reshape(-1, 31)], axis=1)
+    assert ty.q8_0_blocks(blocks).tobytes() == gq.Q8_0.quantize_blocks(blocks).tobytes()

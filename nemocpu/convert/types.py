@@ -52,7 +52,24 @@ FILE_TYPES = {T.F32: LlamaFileType.ALL_F32, T.F16: LlamaFileType.MOSTLY_F16,
               T.Q4_0: LlamaFileType.MOSTLY_Q4_0}
 
 
-_BLOCK_QUANTS = {T.Q8_0: gq.Q8_0, T.Q4_0: gq.Q4_0}
+_HALF_BELOW = np.nextafter(np.float32(0.5), np.float32(0))
+
+
+def q8_0_blocks(blocks: np.ndarray) -> np.ndarray:
+    """gguf.quants.Q8_0.quantize_blocks (= ggml's quantize_row_q8_0_ref), about 2x faster.
+
+    The same float32 steps (d = amax/127, v = x * (1/d)); C roundf (half away from zero) is
+    trunc(v + copysign(0.49999997, v)) in float32, checked equal to gguf-py's np_roundf for
+    every float32 in +-[0.25, 128) (|v| <= 127 here; below 0.25 both give 0)."""
+    d = np.abs(blocks).max(axis=1, keepdims=True) / np.float32(127)
+    with np.errstate(divide="ignore"):
+        inv = np.where(d == 0, np.float32(0), np.float32(1) / d)
+    v = blocks * inv
+    q = np.trunc(v + np.copysign(_HALF_BELOW, v)).astype(np.int8)
+    out = np.empty((blocks.shape[0], 34), dtype=np.uint8)
+    out[:, :2] = d.astype(np.float16).view(np.uint8)
+    out[:, 2:] = q.view(np.uint8)
+    return out
 
 
 def choose_type(role: str, ne0: int, outtype: str, auto_type, sources_fp8: bool):
@@ -88,10 +105,12 @@ def encode_rows(rows: np.ndarray, qtype) -> np.ndarray:
         out = rows.astype(np.float32, copy=False)
     elif qtype == T.F16:
         out = rows.astype(np.float16)
-    elif qtype in _BLOCK_QUANTS:
+    elif qtype == T.Q8_0:
+        out = q8_0_blocks(rows.astype(np.float32, copy=False).reshape(-1, 32))
+    elif qtype == T.Q4_0:
         # gguf.quants.quantize() runs quantize_blocks 16 rows at a time; blocks are independent,
         # so one call over every block of the chunk gives the same bytes, much faster.
-        out = _BLOCK_QUANTS[qtype].quantize_blocks(rows.astype(np.float32, copy=False).reshape(-1, 32))
+        out = gq.Q4_0.quantize_blocks(rows.astype(np.float32, copy=False).reshape(-1, 32))
     else:
         out = gq.quantize(rows, qtype)
     return out.reshape(-1).view(np.uint8)
