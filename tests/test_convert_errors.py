@@ -105,6 +105,30 @@ def test_unsupported_dtype(ckpt, tmp_path):
     convert_fails(ckpt, tmp_path, "backbone.norm_f.weight", "I32", "model.safetensors")
 
 
+@pytest.mark.parametrize("outtype", ["q8_0", "fp8", "f16"])
+def test_non_finite_weights(ckpt, tmp_path, outtype):
+    pytest.importorskip("torch")
+
+    def edit(sd):
+        sd["backbone.layers.0.mixer.out_proj.weight"][3, 5] = float("nan")
+    rewrite_tensors(ckpt, edit)
+    out = tmp_path / "m.gguf"
+    with pytest.raises(ConversionError, match="out_proj.weight.*NaN"):
+        convert(ckpt, out, outtype=outtype, progress=False)
+    assert leftovers(tmp_path) == []
+
+
+def test_f16_overflow(ckpt, tmp_path):
+    pytest.importorskip("torch")
+
+    def edit(sd):
+        sd["backbone.layers.0.mixer.out_proj.weight"][0, 0] = 1e5
+    rewrite_tensors(ckpt, edit)
+    with pytest.raises(ConversionError, match="F16 range"):
+        convert(ckpt, tmp_path / "m.gguf", outtype="f16", progress=False)
+    assert convert(ckpt, tmp_path / "m.gguf", outtype="bf16", progress=False).is_file()
+
+
 def test_pattern_longer_than_checkpoint(ckpt, tmp_path):
     cfg = json.loads((ckpt / "config.json").read_text())
     cfg["hybrid_override_pattern"] += "M"

@@ -39,8 +39,9 @@ def rows(draw):
 @settings(max_examples=60, deadline=None)
 @given(rows(), st.sampled_from([T.Q8_0, T.Q4_0, T.BF16, T.F16, T.F32]))
 def test_encode_rows_equals_gguf_reference(x, qtype):
-    got = ty.encode_rows(x, qtype)
-    want = gq.quantize(x, qtype).reshape(-1).view(np.uint8)
+    with np.errstate(over="ignore"):      # F16 of 6e4-scale rows: inf in both (the converter refuses those)
+        got = ty.encode_rows(x, qtype)
+        want = gq.quantize(x, qtype).reshape(-1).view(np.uint8)
     assert got.tobytes() == want.tobytes()
 
 

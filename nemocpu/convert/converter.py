@@ -110,10 +110,23 @@ def build_writer(ckpt: HFCheckpoint, plan: list[PlannedTensor], outtype: str) ->
 
 
 # ---- tensor data --------------------------------------------------------------------------
+F16_MAX = 65504.0
+
+
+def _check_finite(p: PlannedTensor, k: int, rows: np.ndarray) -> None:
+    """NaN/inf weights would be written silently and poison every output: refuse them."""
+    if not np.isfinite(rows).all():
+        raise ConversionError(p.sources[k].path, f"tensor {p.sources[k].name!r} contains NaN or infinite values")
+
+
 def tensor_chunks(p: PlannedTensor, outtype: str):
     """Yield ("data", bytes) chunks of a planned tensor, then ("scale", bytes) for FP8."""
     if p.qtype != ty.FP8:
-        for _, rows in iter_source_rows(p, raw_fp8=False):
+        for k, rows in iter_source_rows(p, raw_fp8=False):
+            _check_finite(p, k, rows)
+            if p.qtype == T.F16 and np.abs(rows).max(initial=0) > F16_MAX:
+                raise ConversionError(p.sources[k].path, f"tensor {p.sources[k].name!r} has values beyond "
+                                      f"the F16 range (|x| > {F16_MAX:g}); use --outtype bf16 or f32")
             yield "data", ty.encode_rows(rows, p.qtype)
         return
     if p.sources_fp8 and outtype in ("fp8", "auto"):       # lossless copy of ModelOpt codes
@@ -122,7 +135,8 @@ def tensor_chunks(p: PlannedTensor, outtype: str):
         yield "scale", _fp8_scale_of_sources(p).view(np.uint8)
         return
     scales = []
-    for _, rows in iter_source_rows(p, raw_fp8=False):
+    for k, rows in iter_source_rows(p, raw_fp8=False):
+        _check_finite(p, k, rows)
         codes, s = ty.fp8_rows(rows)
         scales.append(s)
         yield "data", codes.reshape(-1)
