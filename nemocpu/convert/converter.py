@@ -8,7 +8,6 @@ failure, SIGINT or SIGTERM removes the temporary file, so OUT.gguf exists only w
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -24,11 +23,9 @@ from gguf import GGUFValueType as V
 from ..arch import FP8_FORMAT, FP8_FORMAT_KEY, fp8_scale_name, gguf_kv
 from ..errors import ConversionError
 from . import types as ty
-from .checkpoint import FP8, HFCheckpoint, read_json
+from .checkpoint import HFCheckpoint, read_json
 from .plan import PlannedTensor, iter_source_rows, permute_rows, plan_tensors
 from .vocab import add_tokenizer
-
-log = logging.getLogger(__name__)
 
 EOS_IDS_KEY = "nemocpu.tokenizer.eos_token_ids"   # generation_config.json's eos ids (all of them)
 
@@ -169,20 +166,17 @@ def _write_data(writer: gguf.GGUFWriter, plan, outtype: str, fout, progress: boo
                disable=not progress, desc="writing", dynamic_ncols=True)
     fout.write(b"\0" * (-fout.tell() % alignment))      # the data section starts aligned
     it = iter(infos)
-    offset = 0
 
-    def begin(expected_name):
+    def begin(expected_name):        # the data must follow the tensor infos' order exactly
         name, ti = next(it)
-        assert name == expected_name, (name, expected_name)
+        if name != expected_name:
+            raise ConversionError(None, f"internal: writing {expected_name!r} where {name!r} belongs")
         return ti
 
     def finish(ti, written):
-        nonlocal offset
         if written != ti.nbytes:
             raise ConversionError(None, f"internal: wrote {written} bytes, expected {ti.nbytes}")
-        pad = -written % alignment
-        fout.write(b"\0" * pad)
-        offset += written + pad
+        fout.write(b"\0" * (-written % alignment))
 
     with bar:
         for p in plan:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..arch import ATTENTION, MAMBA, MLP, MOE, HParams, TensorSpec, tensor_specs
+from ..arch import HParams, TensorSpec, tensor_specs
 from ..errors import ConversionError
 from .checkpoint import FP8, IGNORED_SUFFIXES, ST_DTYPES, HFCheckpoint, StoredTensor
 
