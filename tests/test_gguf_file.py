@@ -42,7 +42,7 @@ def kv_entry(draw):
     if vt != VT.ARRAY:
         return vt, None, draw(_scalar(vt))
     sub = draw(st.sampled_from(_SCALAR_TYPES))
-    return vt, sub, draw(st.lists(_scalar(sub), max_size=12))
+    return vt, sub, draw(st.lists(_scalar(sub), min_size=1, max_size=12))  # gguf-py refuses empty arrays
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -142,17 +142,19 @@ def test_data_view_is_read_only(tmp_path):
 
 
 def test_version_2_files_parse(tmp_path):
-    """GGUF v2 has v3's layout (64-bit counts); only v1 (32-bit counts) is refused."""
+    """GGUF v2 has v3's layout (64-bit counts); only v1 (32-bit counts) is refused. (Also an
+    empty array, which gguf-py cannot write.)"""
     import struct
 
-    from helpers.raw_gguf import STR, U32, raw_gguf, s_kv, s_str, s_tensor
+    from helpers.raw_gguf import ARR, STR, U32, raw_gguf, s_kv, s_str, s_tensor
 
     data = np.arange(16, dtype=np.float32).tobytes()
     p = tmp_path / "v2.gguf"
-    p.write_bytes(raw_gguf([s_kv("n", U32, struct.pack("<I", 3)), s_kv("s", STR, s_str("héllo"))],
+    p.write_bytes(raw_gguf([s_kv("n", U32, struct.pack("<I", 3)), s_kv("s", STR, s_str("héllo")),
+                            s_kv("e", ARR, struct.pack("<IQ", U32, 0))],
                            [s_tensor("a", (8,), 0, 0), s_tensor("b", (4, 2), 0, 32)], data, version=2))
     with GGUFFile(p) as g:
         assert g.version == 2
-        assert g.metadata == {"n": 3, "s": "héllo"}
+        assert g.metadata == {"n": 3, "s": "héllo", "e": []}
         assert g.tensors["b"].ne == (4, 2) and g.tensors["b"].offset == g.data_offset + 32
         assert np.array_equal(g.data("b").view(np.float32), np.arange(8, 16, dtype=np.float32))
