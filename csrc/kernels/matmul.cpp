@@ -162,8 +162,12 @@ void row_tile_float(const uint8_t* row, int64_t K, const float* const* xs, float
 inline __m256 mul_sum_i8(__m256i x, __m256i y) {
   const __m256i ax = _mm256_sign_epi8(x, x);
   const __m256i sy = _mm256_sign_epi8(y, x);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy));  // u8 x s8 -> i32
+#else
   const __m256i d16 = _mm256_maddubs_epi16(ax, sy);
   return _mm256_cvtepi32_ps(_mm256_madd_epi16(d16, _mm256_set1_epi16(1)));
+#endif
 }
 
 template <int TYPE>

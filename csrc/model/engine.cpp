@@ -11,7 +11,9 @@ namespace nemocpu {
 
 namespace {
 constexpr int64_t kMaxUbatch = 256;  // prefill runs in chunks of this many tokens (bounds scratch)
-constexpr int64_t kRowGrain = 16;    // output rows per scheduling unit
+// A chunk handed to a thread should carry at least this many multiply-adds: below it the
+// hand-off costs more than the work (decode of small matrices on many threads).
+constexpr int64_t kMinChunkWork = 1 << 16;
 
 int64_t weight_bytes(const Weight& w) { return w.row_bytes * w.rows * w.n_mat; }
 }  // namespace
@@ -110,7 +112,14 @@ Activations Engine::activations(const Weight& w, const float* x, int64_t ldx, in
 
 void Engine::run(const std::vector<MatJob>& jobs) {
   std::vector<int64_t> start(jobs.size() + 1, 0);  // first global row of each job
-  for (size_t j = 0; j < jobs.size(); ++j) start[j + 1] = start[j] + jobs[j].w.rows;
+  int64_t work = 0;
+  for (size_t j = 0; j < jobs.size(); ++j) {
+    start[j + 1] = start[j] + jobs[j].w.rows;
+    work += jobs[j].w.rows * jobs[j].w.K * jobs[j].a.T;
+  }
+  if (start.back() == 0) return;
+  const int64_t per_row = std::max<int64_t>(1, work / start.back());
+  const int64_t grain = std::clamp<int64_t>(kMinChunkWork / per_row, 4, 256);
   pool_->parallel_for(start.back(), [&](int64_t r0, int64_t r1) {
     size_t j = std::upper_bound(start.begin(), start.end(), r0) - start.begin() - 1;
     for (; r0 < r1; ++j) {
@@ -118,7 +127,7 @@ void Engine::run(const std::vector<MatJob>& jobs) {
       if (e > r0) kt_.matmul(jobs[j].w, r0 - start[j], e - start[j], jobs[j].a, jobs[j].y, jobs[j].ldy);
       r0 = std::max(r0, e);
     }
-  }, kRowGrain);
+  }, grain);
 }
 
 void Engine::linear(const Weight& w, int64_t m, const float* x, int64_t ldx, int64_t T, float* y, int64_t ldy) {

@@ -24,7 +24,7 @@ void Engine::mamba(const Layer& L, int mi, State& st, const float* h, int64_t T,
   float* conv_state = st.conv(mi);
   pool_->parallel_for(cd, [&](int64_t c0, int64_t c1) {
     kt_.conv1d_silu(conv_state, u.data() + di, nin, T, L.conv_w, L.conv_b, cd, K, c0, c1, xbc.data(), cd);
-  }, 64);
+  }, std::max<int64_t>(64, 8192 / T));
 
   for (int64_t t = 0; t < T; ++t)
     for (int64_t j = 0; j < nh; ++j) {
