@@ -110,3 +110,9 @@ def test_router_rejects_bad_arguments():
         core.ops.route(np.zeros((1, 4), np.float32), None, 5)
     with pytest.raises(ValueError):
         core.ops.route(np.zeros((1, 4), np.float32), np.zeros(3, np.float32), 2)
+
+
+def test_router_survives_nan_scores():
+    logits = np.array([[np.nan, 1.0, np.nan, 0.5, -1.0]], np.float32)
+    idx, w = core.ops.route(logits, None, 2, norm=True, scale=1.0)
+    assert idx.tolist() == [[1, 3]] and np.isfinite(w).all()

@@ -21,6 +21,8 @@ void route_token(const RouterConfig& c, const float* logits, const float* bias, 
   for (int e = 0; e < E; ++e) {
     s[e] = 1.0f / (1.0f + std::exp(-logits[e]));
     sel[e] = s[e] + (bias ? bias[e] : 0.0f);
+    // NaN (from broken weights) would break the sort's ordering: rank it last instead.
+    if (std::isnan(sel[e])) sel[e] = -std::numeric_limits<float>::infinity();
   }
   if (c.n_group > 1) {
     // Group score = sum of its top-2 selection scores; experts outside the best groups are out.
