@@ -40,9 +40,10 @@ def test_filters_keep_the_same_tokens_as_transformers(x, temperature, top_k, top
     ours = filter_mask(z, top_k, top_p, min_p)
     ref = hf_filtered(x, temperature, top_k, top_p, min_p)
     probs = np.exp(z - z.max()); probs /= probs.sum()
-    # a token exactly on a cumulative-probability boundary may fall either way (float rounding)
+    # a token within rounding of a cumulative-probability boundary may fall either way (our
+    # normaliser sums float32 exponentials: relative error ~1e-7)
     before = np.cumsum(np.sort(probs)[::-1])
-    if top_p < 1 and np.min(np.abs(before - top_p)) < 1e-9:
+    if top_p < 1 and np.min(np.abs(before - top_p)) < 1e-6:
         return
     if min_p > 0 and np.min(np.abs(probs - min_p * probs.max())) < 1e-12:
         return
