@@ -136,6 +136,33 @@ void row_tile_float(const uint8_t* row, int64_t K, const float* const* xs, float
     out[t] = s;
   }
 }
+
+// Two rows against TILE_T tokens: each activation load feeds two FMAs, so prefill is not
+// bound by load ports. out[i * TILE_T + t] = row_i . x_t
+template <int TYPE>
+void rows2_tile_float(const uint8_t* r0, const uint8_t* r1, int64_t K, const float* const* xs, float* out) {
+  __m256 a0[TILE_T], a1[TILE_T];
+  for (int t = 0; t < TILE_T; ++t) a0[t] = a1[t] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    const __m256 w0 = wload8<TYPE>(r0, k), w1 = wload8<TYPE>(r1, k);
+    for (int t = 0; t < TILE_T; ++t) {
+      const __m256 x = _mm256_loadu_ps(xs[t] + k);
+      a0[t] = _mm256_fmadd_ps(w0, x, a0[t]);
+      a1[t] = _mm256_fmadd_ps(w1, x, a1[t]);
+    }
+  }
+  for (int t = 0; t < TILE_T; ++t) {
+    float s0 = hsum8(a0[t]), s1 = hsum8(a1[t]);
+    for (int64_t kk = k; kk < K; ++kk) {
+      s0 += wload<TYPE>(r0, kk) * xs[t][kk];
+      s1 += wload<TYPE>(r1, kk) * xs[t][kk];
+    }
+    out[t] = s0;
+    out[TILE_T + t] = s1;
+  }
+}
+#define NEMOCPU_HAVE_ROWS2 1
 #else
 template <int TYPE, int NT>
 void row_tile_float(const uint8_t* row, int64_t K, const float* const* xs, float* out) {
@@ -245,7 +272,35 @@ void row_tile_quant(const uint8_t* row, int64_t nb, const BlockQ8Act* const* xs,
 // ---- drivers: rows outer (each row read once per token tile), tokens inner -------------
 template <int TYPE>
 void matmul_float(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy) {
-  for (int64_t r = r0; r < r1; ++r) {
+  int64_t r = r0;
+#if defined(NEMOCPU_HAVE_ROWS2)
+  if (a.T >= TILE_T) {  // prefill: pairs of rows over full token tiles, the leftovers below
+    const int64_t t_full = a.T / TILE_T * TILE_T;
+    for (; r + 2 <= r1; r += 2) {
+      const uint8_t* row0 = w.data + r * w.row_bytes;
+      const float sc0 = TYPE == GGML_I8 ? fp8_row_scale(w, r) : 1.0f;
+      const float sc1 = TYPE == GGML_I8 ? fp8_row_scale(w, r + 1) : 1.0f;
+      float out[2 * TILE_T];
+      for (int64_t t = 0; t < t_full; t += TILE_T) {
+        const float* xs[TILE_T];
+        for (int i = 0; i < TILE_T; ++i) xs[i] = a.x + (t + i) * a.ldx;
+        rows2_tile_float<TYPE>(row0, row0 + w.row_bytes, w.K, xs, out);
+        for (int i = 0; i < TILE_T; ++i) {
+          y[(t + i) * ldy + r] = out[i] * sc0;
+          y[(t + i) * ldy + r + 1] = out[TILE_T + i] * sc1;
+        }
+      }
+      for (int64_t t = t_full; t < a.T; ++t) {
+        const float* xs[1] = {a.x + t * a.ldx};
+        for (int j = 0; j < 2; ++j) {
+          row_tile_float<TYPE, 1>(row0 + j * w.row_bytes, w.K, xs, out);
+          y[t * ldy + r + j] = out[0] * (j ? sc1 : sc0);
+        }
+      }
+    }
+  }
+#endif
+  for (; r < r1; ++r) {
     const uint8_t* row = w.data + r * w.row_bytes;
     const float sc = TYPE == GGML_I8 ? fp8_row_scale(w, r) : 1.0f;
     int64_t t = 0;

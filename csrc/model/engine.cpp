@@ -149,7 +149,9 @@ void Engine::forward_chunk(State& st, const int32_t* tokens, int64_t T, bool cla
       case 'E': moe(L, h.data(), T, y.data()); break;
       default: mlp(L.ffn_up, L.ffn_down, h.data(), T, y.data()); break;
     }
-    for (int64_t j = 0; j < T * E; ++j) x[j] += y[j];
+    pool_->parallel_for(T * E, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) x[j] += y[j];
+    }, 1 << 14);
   }
   st.advance(T);
   if (!logits) return;

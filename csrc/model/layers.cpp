@@ -118,60 +118,72 @@ void Engine::moe(const Layer& L, const float* h, int64_t T, float* out) {
 
   std::vector<int32_t> idx(T * k);
   std::vector<float> wt(T * k);
-  for (int64_t t = 0; t < T; ++t)
-    route_token(router_, logits.data() + t * ne, L.exp_probs_b, idx.data() + t * k, wt.data() + t * k);
+  pool_->parallel_for(T, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t)
+      route_token(router_, logits.data() + t * ne, L.exp_probs_b, idx.data() + t * k, wt.data() + t * k);
+  }, 16);
 
-  // Group the (token, slot) pairs by expert: each expert is one small matmul over its
-  // tokens, and all experts (plus the shared one) run in one parallel region per projection.
-  std::vector<std::vector<int64_t>> slots(ne);  // expert -> (t * k + j)
-  for (int64_t s = 0; s < T * k; ++s) slots[idx[s]].push_back(s);
-  std::vector<int64_t> active;
-  for (int64_t e = 0; e < ne; ++e)
-    if (!slots[e].empty()) active.push_back(e);
-  const int64_t n_job = (int64_t)active.size() + (L.has_shexp ? 1 : 0);
+  // Group the (token, slot) pairs s = t*k + j by expert: each expert is one small matmul over
+  // its gathered tokens, and all experts (plus the shared one) run in one parallel region
+  // per projection.
+  std::vector<int64_t> count(ne, 0), first(ne + 1, 0);
+  for (int64_t s = 0; s < T * k; ++s) ++count[idx[s]];
+  for (int64_t e = 0; e < ne; ++e) first[e + 1] = first[e] + count[e];
+  const int64_t n_rows = T * k;
+  std::vector<int64_t> row_of(n_rows), slot_of(n_rows);  // slot <-> gathered row
+  {
+    std::vector<int64_t> fill(first.begin(), first.end() - 1);
+    for (int64_t s = 0; s < n_rows; ++s) {
+      row_of[s] = fill[idx[s]]++;
+      slot_of[row_of[s]] = s;
+    }
+  }
   const int64_t Fsh = L.has_shexp ? L.up_shexp.rows : 0;
-
-  std::vector<int64_t> tok0(active.size() + 1, 0);  // first gathered row of each expert
-  for (size_t i = 0; i < active.size(); ++i) tok0[i + 1] = tok0[i] + (int64_t)slots[active[i]].size();
-  const int64_t n_rows = tok0.back();
   std::vector<float> xe(n_rows * E), act(n_rows * F + T * Fsh), ye(n_rows * E + T * E);
-  for (size_t i = 0; i < active.size(); ++i)
-    for (size_t r = 0; r < slots[active[i]].size(); ++r)
-      std::memcpy(xe.data() + (tok0[i] + r) * E, h + (slots[active[i]][r] / k) * E, E * sizeof(float));
   float* act_sh = act.data() + n_rows * F;
   float* ye_sh = ye.data() + n_rows * E;
+  pool_->parallel_for(n_rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) std::memcpy(xe.data() + r * E, h + (slot_of[r] / k) * E, E * sizeof(float));
+  }, 16);
 
-  std::vector<std::vector<BlockQ8Act>> qb(n_job);
+  std::vector<int64_t> active;
+  for (int64_t e = 0; e < ne; ++e)
+    if (count[e]) active.push_back(e);
+  std::vector<std::vector<BlockQ8Act>> qb(active.size() + 1);
   std::vector<MatJob> jobs;
   for (size_t i = 0; i < active.size(); ++i) {
-    const int64_t n = tok0[i + 1] - tok0[i];
-    jobs.push_back({L.up_exps.mat(active[i]), activations(L.up_exps, xe.data() + tok0[i] * E, E, n, qb[i]),
-                    act.data() + tok0[i] * F, F});
+    const int64_t e = active[i];
+    jobs.push_back({L.up_exps.mat(e), activations(L.up_exps, xe.data() + first[e] * E, E, count[e], qb[i]),
+                    act.data() + first[e] * F, F});
   }
   if (L.has_shexp) jobs.push_back({L.up_shexp.mat(), activations(L.up_shexp, h, E, T, qb.back()), act_sh, Fsh});
   run(jobs);
-  for (auto& a : act) a = relu2(a);
+  pool_->parallel_for((int64_t)act.size(), [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) act[i] = relu2(act[i]);
+  }, 1 << 14);
   jobs.clear();
   for (size_t i = 0; i < active.size(); ++i) {
-    const int64_t n = tok0[i + 1] - tok0[i];
-    jobs.push_back({L.down_exps.mat(active[i]), activations(L.down_exps, act.data() + tok0[i] * F, F, n, qb[i]),
-                    ye.data() + tok0[i] * E, E});
+    const int64_t e = active[i];
+    jobs.push_back({L.down_exps.mat(e), activations(L.down_exps, act.data() + first[e] * F, F, count[e], qb[i]),
+                    ye.data() + first[e] * E, E});
   }
   if (L.has_shexp)
     jobs.push_back({L.down_shexp.mat(), activations(L.down_shexp, act_sh, Fsh, T, qb.back()), ye_sh, E});
   run(jobs);
 
-  // out = shared + sum_j w_j expert_j, in a fixed order (independent of threads and chunking)
-  if (L.has_shexp) std::memcpy(out, ye_sh, T * E * sizeof(float));
-  else std::fill(out, out + T * E, 0.0f);
-  for (size_t i = 0; i < active.size(); ++i)
-    for (size_t r = 0; r < slots[active[i]].size(); ++r) {
-      const int64_t s = slots[active[i]][r];
-      const float w = wt[s];
-      const float* src = ye.data() + (tok0[i] + r) * E;
-      float* o = out + (s / k) * E;
-      for (int64_t c = 0; c < E; ++c) o[c] += w * src[c];
+  // out[t] = shared[t] + sum_j w_j expert_j(t), slots in order: independent of threads and chunking
+  pool_->parallel_for(T, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float* o = out + t * E;
+      if (L.has_shexp) std::memcpy(o, ye_sh + t * E, E * sizeof(float));
+      else std::fill(o, o + E, 0.0f);
+      for (int64_t j = 0; j < k; ++j) {
+        const float w = wt[t * k + j];
+        const float* src = ye.data() + row_of[t * k + j] * E;
+        for (int64_t c = 0; c < E; ++c) o[c] += w * src[c];
+      }
     }
+  }, 4);
 }
 
 // ---- dense relu^2 MLP (also the shared expert) -----------------------------------------
