@@ -9,6 +9,8 @@ because a 131k-token vocabulary takes longer to build than the rest of ``load``.
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from functools import cached_property
 
 import numpy as np
@@ -16,6 +18,8 @@ import numpy as np
 from .errors import GGUFError, NemocpuError
 
 KV_TYPES = ("f16", "f32")
+_KV_BYTES = {"f16": 2, "f32": 4}
+MAX_THREADS = 1024        # far above any CPU; the C++ pool would try to start whatever it is given
 
 
 def default_threads() -> int:
@@ -36,21 +40,66 @@ def load(path=None, threads=None, n_ctx=4096, kv_type="f16", dt_floor=0.0) -> "M
         path = default_model_path()
     if kv_type not in KV_TYPES:
         raise NemocpuError(f"kv_type must be one of {KV_TYPES}, got {kv_type!r}")
-    if int(n_ctx) < 1:
-        raise NemocpuError(f"n_ctx must be positive, got {n_ctx}")
-    threads = default_threads() if threads is None else int(threads)
-    if threads < 1:
-        raise NemocpuError(f"threads must be positive, got {threads}")
+    n_ctx = _check_n_ctx(n_ctx)
+    threads = _check_threads(default_threads() if threads is None else threads)
     from . import _core
     from .model_file import open_model_file
     active_variant()                              # a bad NEMOCPU_ISA is not a file problem
     mf = open_model_file(path)
+    try:
+        check_kv_fits(mf.hparams, n_ctx, kv_type)
+    except NemocpuError:
+        mf.gguf.close()
+        raise
     try:
         engine = _core.Engine(mf.hparams.as_dict(), mf.tensors, threads, float(dt_floor))
     except ValueError as e:  # the engine's own checks: still a problem with this file
         mf.gguf.close()
         raise GGUFError(mf.path, str(e)) from None
     return Model(mf, engine, int(n_ctx), kv_type, threads)
+
+
+def _whole(v) -> int | None:
+    """v as an int if it is a whole number (not a bool), else None."""
+    try:
+        return None if isinstance(v, bool) or int(v) != v else int(v)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _check_n_ctx(n_ctx) -> int:
+    n = _whole(n_ctx)
+    if n is None or n < 1:
+        raise NemocpuError(f"n_ctx must be a positive integer, got {n_ctx!r}")
+    return n
+
+
+def _check_threads(threads) -> int:
+    n = _whole(threads)
+    if n is None or not 1 <= n <= MAX_THREADS:
+        raise NemocpuError(f"threads must be an integer in 1..{MAX_THREADS}, got {threads!r}")
+    return n
+
+
+def physical_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def kv_cache_bytes(hp, n_ctx: int, kv_type: str) -> int:
+    """Bytes of the attention KV cache once a session holds n_ctx tokens (K and V per layer)."""
+    return n_ctx * hp.layer_kinds.count("*") * 2 * hp.n_head_kv * hp.head_dim * _KV_BYTES[kv_type]
+
+
+def check_kv_fits(hp, n_ctx: int, kv_type: str) -> None:
+    """The cache grows as tokens arrive, so an n_ctx beyond RAM would fail deep into a long
+    generation; refuse it up front instead."""
+    need, have = kv_cache_bytes(hp, n_ctx, kv_type), physical_memory_bytes()
+    if have is not None and need > have:
+        raise NemocpuError(f"n_ctx {n_ctx} needs {need / 2**30:.1f} GiB of {kv_type} KV cache at full length; "
+                           f"this machine has {have / 2**30:.1f} GiB of memory")
 
 
 def active_variant() -> str:
@@ -99,8 +148,9 @@ class Model:
         return report
 
     def set_threads(self, n: int) -> None:
-        self._engine.set_threads(int(n))
-        self.threads = int(n)
+        n = _check_threads(n)
+        self._engine.set_threads(n)
+        self.threads = n
 
     # ---- tokens -------------------------------------------------------------------
     @cached_property
@@ -116,7 +166,7 @@ class Model:
 
     # ---- running ------------------------------------------------------------------
     def session(self, n_ctx: int | None = None, kv_type: str | None = None) -> "Session":
-        return Session(self, n_ctx or self.n_ctx, kv_type or self.kv_type)
+        return Session(self, self.n_ctx if n_ctx is None else n_ctx, kv_type or self.kv_type)
 
     def generate(self, *args, **kwargs):
         """Raw completion; see nemocpu.generate.generate."""
@@ -134,14 +184,34 @@ class Model:
                 f"({hp.layer_kinds}), vocab {hp.n_vocab}, {self.threads} threads>")
 
 
+class SessionBusyError(NemocpuError):
+    """A Session was used from a second thread while a call on it was still running."""
+
+
 class Session:
-    """One sequence's state (attention KV cache + Mamba conv/SSM state) on a Model."""
+    """One sequence's state (attention KV cache + Mamba conv/SSM state) on a Model.
+
+    Sessions of one Model may run in different threads (the engine takes them in turn); one
+    Session is a single sequence, so a call on it while another is running raises
+    SessionBusyError instead of interleaving tokens into the same state."""
 
     def __init__(self, model: Model, n_ctx: int, kv_type: str):
         if kv_type not in KV_TYPES:
             raise NemocpuError(f"kv_type must be one of {KV_TYPES}, got {kv_type!r}")
+        n_ctx = _check_n_ctx(n_ctx)
+        check_kv_fits(model.config, n_ctx, kv_type)
         self.model = model
-        self._state = model._engine.new_state(int(n_ctx), kv_type)
+        self._busy = threading.Lock()
+        self._state = model._engine.new_state(n_ctx, kv_type)
+
+    @contextmanager
+    def _exclusive(self, what: str):
+        if not self._busy.acquire(blocking=False):
+            raise SessionBusyError(f"Session.{what}() called while another thread is using this session")
+        try:
+            yield
+        finally:
+            self._busy.release()
 
     @property
     def n_past(self) -> int:
@@ -162,14 +232,18 @@ class Session:
         if arr.size and (arr.min() < 0 or arr.max() >= self.model.n_vocab):
             bad = int(arr[(arr < 0) | (arr >= self.model.n_vocab)][0])
             raise ValueError(f"token id {bad} out of range [0, {self.model.n_vocab})")
-        return self.model._engine.eval(self._state, arr.astype(np.int32), bool(all_logits))
+        with self._exclusive("eval"):
+            return self.model._engine.eval(self._state, arr.astype(np.int32), bool(all_logits))
 
     def snapshot(self):
         """An independent copy of the state, for restore()."""
-        return self._state.snapshot()
+        with self._exclusive("snapshot"):
+            return self._state.snapshot()
 
     def restore(self, snap) -> None:
-        self._state.restore(snap)
+        with self._exclusive("restore"):
+            self._state.restore(snap)
 
     def reset(self) -> None:
-        self._state.reset()
+        with self._exclusive("reset"):
+            self._state.reset()
