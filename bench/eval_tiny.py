@@ -36,10 +36,9 @@ def tiny_f32_gguf() -> Path:
 
 
 def run_item(model, item) -> dict:
-    from nemocpu.generate import render_chat
+    from nemocpu.generate import encode_chat
     kw = dict(enable_thinking=item["enable_thinking"], tools=item["tools"])
-    text = render_chat(model, item["messages"], **kw)
-    ids = model.tokenizer.encode(text, parse_special=True)
+    text, ids = encode_chat(model, item["messages"], **kw)      # what model.chat runs
     t0 = time.perf_counter()
     r = model.chat(item["messages"], temperature=0, max_tokens=MAX_NEW_TOKENS, **kw)
     im_end = model.tokenizer.token_to_id("<|im_end|>")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 import threading
 from datetime import datetime
 from typing import Any, Mapping
@@ -211,3 +212,59 @@ class ChatTemplate:
         if "error" in result:
             raise result["error"]
         return result["text"]
+
+
+# ------------------------------------------------------------------------------------
+# Control tokens in user text (transformers' ``sanitize_control_tokens``): a user who types
+# "<|im_end|>" must not end their own turn. Occurrences in the caller's strings are wrapped
+# in private-use markers before rendering; when encoding, marked pieces become plain text and
+# the template's own control tokens stay special.
+# ------------------------------------------------------------------------------------
+_MARK_START, _MARK_END = "\U000f0000", "\U000f0001"
+
+
+def _control_patterns(control_tokens) -> tuple[re.Pattern, re.Pattern]:
+    longest_first = sorted(set(control_tokens), key=len, reverse=True)
+    tokens_re = re.compile("|".join(map(re.escape, longest_first)) or "(?!)")
+    markers_re = re.compile(f"{_MARK_START}({tokens_re.pattern}){_MARK_END}|[{_MARK_START}{_MARK_END}]")
+    return tokens_re, markers_re
+
+
+def mark_control_tokens(obj, control_tokens):
+    """A copy of ``obj`` (str, or nested lists/dicts) with control tokens wrapped in markers."""
+    tokens_re, _ = _control_patterns(tuple(control_tokens))
+
+    def mark(o):
+        if isinstance(o, str):
+            # drop markers already present so they cannot be used to forge a marked token
+            o = o.replace(_MARK_START, "").replace(_MARK_END, "")
+            return tokens_re.sub(f"{_MARK_START}\\g<0>{_MARK_END}", o)
+        if isinstance(o, Mapping):
+            return {k: mark(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [mark(v) for v in o]
+        return o
+    return mark(obj)
+
+
+def unmark(text: str) -> str:
+    return text.replace(_MARK_START, "").replace(_MARK_END, "")
+
+
+def encode_marked(tokenizer, text: str, control_tokens) -> list[int]:
+    """Token ids of a chat rendered from marked inputs: marked control tokens as plain text,
+    everything else (the template's control tokens included) parsed normally."""
+    _, markers_re = _control_patterns(tuple(control_tokens))
+    pieces = markers_re.split(text)    # [text, token, text, token, ...]; None for a lone marker
+    newline = tokenizer.encode("\n", parse_special=True)
+    ids = tokenizer.encode(pieces[0], parse_special=True)
+    for i, piece in enumerate(pieces[1:], start=1):
+        if not piece:
+            continue
+        as_text = i % 2 == 1
+        # encode after a newline so SentencePiece adds no prefix space mid-chat, then drop it
+        piece_ids = tokenizer.encode("\n" + piece, parse_special=not as_text)
+        piece_ids = piece_ids[len(newline):] if piece_ids[:len(newline)] == newline else \
+            tokenizer.encode(piece, parse_special=not as_text)
+        ids += piece_ids
+    return ids

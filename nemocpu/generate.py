@@ -15,7 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .chat_template import ChatTemplate
+from .chat_template import ChatTemplate, encode_marked, mark_control_tokens, unmark
 from .prefix_cache import PrefixCache
 from .sampling import Sampler, SamplingParams, recommended_params
 from .tool_calls import ToolCall, parse_tool_calls, strip_tool_calls
@@ -329,22 +329,35 @@ def render_chat(model, messages, *, enable_thinking=True, tools=None, add_genera
                                        enable_thinking=enable_thinking, **template_kwargs)
 
 
+def encode_chat(model, messages, *, sanitize: bool = True, **render_kwargs) -> tuple[str, list[int]]:
+    """(prompt text, prompt ids). With ``sanitize`` control tokens typed in messages, tools or
+    template variables (say "<|im_end|>") are plain text, as transformers'
+    ``apply_chat_template(..., sanitize_control_tokens=True)``; the template's own stay special."""
+    tok = model.tokenizer
+    if not sanitize:
+        text = render_chat(model, messages, **render_kwargs)
+        return text, tok.encode(text, parse_special=True)
+    control = [tok.id_to_token(i) for i in sorted(tok.special_ids)]
+    marked = render_chat(model, mark_control_tokens(messages, control),
+                         **mark_control_tokens(render_kwargs, control))
+    return unmark(marked), encode_marked(tok, marked, control)
+
+
 def chat(model, messages, enable_thinking: bool = True, thinking_budget: int | None = None, tools=None,
          stream: bool = False, *, max_tokens: int | None = None, stop=None, cache: PrefixCache | None = None,
-         template_kwargs: dict | None = None, **sampling):
+         template_kwargs: dict | None = None, sanitize: bool = True, **sampling):
     """One assistant turn for ``messages`` through the model's chat template.
 
     Returns a GenerationResult (``.text``, ``.reasoning``, ``.tool_calls``, counts, timings)
     or, with ``stream=True``, a Generation yielding Chunk(kind="reasoning"|"content", text).
-    Sampling defaults to the model's recommendation for the mode the prompt ends in."""
+    Sampling defaults to the model's recommendation for the mode the prompt ends in.
+    Control tokens inside messages are plain text unless ``sanitize=False``."""
     tok = model.tokenizer
-    kw = dict(template_kwargs or {})
-    text = render_chat(model, messages, enable_thinking=enable_thinking, tools=tools, **kw)
-    ids = tok.encode(text, parse_special=True)
+    kw = dict(template_kwargs or {}, enable_thinking=enable_thinking, tools=tools)
+    text, ids = encode_chat(model, messages, sanitize=sanitize, **kw)
     # Snapshot where the conversation so far ends, before the generation prompt: the next
     # turn's prompt shares exactly that prefix.
-    history = tok.encode(render_chat(model, messages, enable_thinking=enable_thinking, tools=tools,
-                                     add_generation_prompt=False, **kw), parse_special=True)
+    _, history = encode_chat(model, messages, sanitize=sanitize, add_generation_prompt=False, **kw)
     boundaries = [len(history)] if ids[:len(history)] == history else []
     reasoning = prompt_has_open_think(text) and tok.token_to_id(THINK_CLOSE) is not None
     gen = Generation(model, cache or _model_cache(model), ids, _sampler(model, reasoning, sampling),
