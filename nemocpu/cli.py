@@ -22,7 +22,9 @@ SUBCOMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nemocpu", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="nemocpu",
+        description="Run NVIDIA Nemotron-H (Nemotron 3 Nano) GGUF models on the CPU: chat, run, convert, bench, info.")
     parser.add_argument("--version", action="version", version=f"nemocpu {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
