@@ -1,0 +1,140 @@
+// Python bindings of the CUDA engine (nemocpu._core.CudaEngine / CudaState), registered by
+// bindings/module.cpp when the core is built with NEMOCPU_CUDA=ON. Same interface as
+// Engine / State, so nemocpu.model swaps one class for the other. Tensor data may be host
+// buffers (the mapped GGUF file) or device arrays (__cuda_array_interface__, e.g. torch).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+
+#include "cuda/engine.h"
+
+namespace py = pybind11;
+using namespace nemocpu;
+using nemocpu::cuda::CudaEngine;
+using nemocpu::cuda::CudaState;
+
+namespace {
+
+struct PyCudaEngine {
+  py::list keep_alive;  // owners of the source bytes until the upload is done (and after: cheap)
+  std::unique_ptr<CudaEngine> eng;
+  int n_threads = 1;
+};
+
+TensorView view_of(const std::string& name, const py::object& data) {
+  TensorView v;
+  if (py::hasattr(data, "__cuda_array_interface__")) {
+    py::dict cai = data.attr("__cuda_array_interface__");
+    auto shape = cai["shape"].cast<std::vector<int64_t>>();
+    const std::string ts = cai["typestr"].cast<std::string>();
+    const bool contiguous = !cai.contains("strides") || cai["strides"].is_none();
+    if (shape.size() != 1 || (ts != "|u1" && ts != "|i1") || !contiguous)
+      throw std::invalid_argument("tensor '" + name + "': device data must be a contiguous 1-D uint8 array");
+    v.data = reinterpret_cast<const uint8_t*>(cai["data"].cast<py::tuple>()[0].cast<uintptr_t>());
+    v.nbytes = shape[0];
+    return v;
+  }
+  py::buffer buf = py::reinterpret_borrow<py::object>(data);
+  py::buffer_info info = buf.request();
+  if (info.ndim != 1 || info.itemsize != 1 || (info.shape[0] > 1 && info.strides[0] != 1))
+    throw std::invalid_argument("tensor '" + name + "': data must be a contiguous 1-D uint8 array");
+  v.data = (const uint8_t*)info.ptr;
+  v.nbytes = info.shape[0];
+  return v;
+}
+
+TensorMap tensors_of(const py::dict& d, py::list& keep_alive) {
+  TensorMap out;
+  for (auto item : d) {
+    const std::string name = py::str(item.first);
+    py::tuple tup;
+    try {
+      tup = item.second.cast<py::tuple>();
+    } catch (const py::cast_error&) {
+      throw std::invalid_argument("tensor '" + name + "': expected a (data, ggml_type, ne) tuple");
+    }
+    if (tup.size() != 3) throw std::invalid_argument("tensor '" + name + "': expected (data, ggml_type, ne)");
+    TensorView v = view_of(name, tup[0]);
+    v.type = tup[1].cast<int>();
+    v.ne = tup[2].cast<std::vector<int64_t>>();
+    out[name] = v;
+    keep_alive.append(tup[0]);
+  }
+  return out;
+}
+
+py::array_t<float> eval(PyCudaEngine& self, CudaState& st, const py::object& tokens, bool all_logits) {
+  py::array arr = py::array::ensure(tokens);
+  if (!arr) throw std::invalid_argument("tokens must be a 1-D integer array");
+  const char kind = arr.dtype().kind();
+  if ((kind != 'i' && kind != 'u') || arr.ndim() != 1) throw std::invalid_argument("tokens must be a 1-D integer array");
+  auto ids64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
+  const int64_t T = ids64.shape(0);
+  const int64_t n_vocab = self.eng->hparams().n_vocab;
+  std::vector<int32_t> ids(T);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t id = ids64.at(t);
+    if (id < 0 || id >= n_vocab)
+      throw std::invalid_argument("token id " + std::to_string(id) + " at position " + std::to_string(t) +
+                                  " is out of range [0, " + std::to_string(n_vocab) + ")");
+    ids[t] = (int32_t)id;
+  }
+  py::array_t<float> logits({all_logits ? T : (int64_t)1, n_vocab});
+  float* out = logits.mutable_data();
+  {
+    py::gil_scoped_release release;
+    self.eng->eval(st, ids.data(), T, all_logits, out);
+  }
+  return logits;
+}
+
+int kv_type_of(const std::string& s) {
+  if (s == "f16") return GGML_F16;
+  if (s == "f32") return GGML_F32;
+  throw std::invalid_argument("kv_type must be 'f16' or 'f32', got '" + s + "'");
+}
+
+}  // namespace
+
+void register_cuda(py::module_& m, HParams (*hparams_from_dict)(const py::dict&)) {
+  m.def("cuda_devices", &cuda::device_names, "CUDA devices usable by this build (empty: none)");
+  m.def("cuda_build", &cuda::build_info, "CUDA runtime / driver versions and compiled GPU archs");
+
+  py::class_<CudaState>(m, "CudaState")
+      .def_property_readonly("n_past", &CudaState::n_past)
+      .def_property_readonly("n_ctx", &CudaState::n_ctx)
+      .def_property_readonly("nbytes", &CudaState::nbytes)
+      .def("snapshot", &CudaState::snapshot, "Deep copy of the used state (on the GPU)")
+      .def("restore", &CudaState::restore, py::arg("snapshot"))
+      .def("reset", &CudaState::reset);
+
+  py::class_<PyCudaEngine>(m, "CudaEngine")
+      .def(py::init([hparams_from_dict](const py::dict& hparams, const py::dict& tensors, int n_threads,
+                                         double dt_floor, int device) {
+             auto self = std::make_unique<PyCudaEngine>();
+             HParams hp = hparams_from_dict(hparams);
+             TensorMap tm = tensors_of(tensors, self->keep_alive);
+             {
+               py::gil_scoped_release release;
+               self->eng = std::make_unique<CudaEngine>(hp, tm, dt_floor, device);
+             }
+             self->keep_alive = py::list();  // the GPU holds its own copy now
+             self->n_threads = n_threads > 0 ? n_threads : 1;
+             return self;
+           }),
+           py::arg("hparams"), py::arg("tensors"), py::arg("n_threads") = 0, py::arg("dt_floor") = 0.0,
+           py::arg("device") = 0)
+      .def_property_readonly("n_vocab", [](PyCudaEngine& e) { return e.eng->hparams().n_vocab; })
+      .def_property_readonly("variant", [](PyCudaEngine&) { return std::string("cuda"); })
+      .def_property_readonly("device_name", [](PyCudaEngine& e) { return e.eng->device_name(); })
+      .def_property_readonly("n_threads", [](PyCudaEngine& e) { return e.n_threads; })
+      .def("memory_report", [](PyCudaEngine& e) { return e.eng->memory_report(); })
+      .def("set_threads", [](PyCudaEngine& e, int n) { e.n_threads = n > 0 ? n : 1; }, py::arg("n"),
+           "Host threads do not matter on the GPU path; kept for the Engine interface")
+      .def("new_state", [](PyCudaEngine& e, int64_t n_ctx, const std::string& kv) {
+             return e.eng->new_state(n_ctx, kv_type_of(kv));
+           }, py::arg("n_ctx"), py::arg("kv_type") = "f16")
+      .def("eval", &eval, py::arg("state"), py::arg("tokens"), py::arg("all_logits") = false);
+}

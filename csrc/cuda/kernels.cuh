@@ -1,0 +1,99 @@
+// CUDA kernels of the Nemotron-H forward pass, as host-side launchers. Every launcher
+// enqueues on the given stream and never synchronizes, so a decode step can be captured
+// in a CUDA graph. Shapes follow the CPU kernel table (csrc/include/nemocpu/kernels.h).
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace nemocpu {
+namespace cuda {
+
+constexpr int kPadK = 32;  // weight rows are padded (with zeros) to a multiple of this
+
+// A weight matrix (or a stack of n_mat matrices) in the GPU layout made by repack_weight:
+// rows padded to Kp elements; Q8_0/Q4_0 split into codes `q` and fp16 block scales `d`.
+struct GpuWeight {
+  int type = 0;                 // ggml type id (F32, F16, BF16, Q8_0, Q4_0, I8 = FP8)
+  int64_t K = 0, Kp = 0, rows = 0, n_mat = 1;
+  uint8_t* q = nullptr;         // [n_mat * rows, row_bytes]
+  int64_t row_bytes = 0;        // bytes of one padded row in q
+  uint16_t* d = nullptr;        // Q8_0 / Q4_0: fp16 scale per 32 elements, [n_mat * rows, Kp / 32]
+  float* s = nullptr;           // FP8: scale per row, [n_mat * rows]
+};
+
+// y[t*ldy + r] (+slices) = W_m . x[t*ldx + :K]; rows of x must be finite up to K (not Kp).
+struct LinearArgs {
+  const GpuWeight* w;
+  const int32_t* mat_idx = nullptr;  // per slice: matrix index read on the device (MoE), or
+  int mat = 0;                       // this fixed matrix when mat_idx is null
+  int slices = 1;                    // independent products (MoE slots), grid.y
+  const float* x; int64_t ldx; int64_t x_slice = 0;
+  float* y; int64_t ldy; int64_t y_slice = 0;
+  int64_t T = 1;
+  bool relu2 = false;                // y = relu(y)^2 (MoE / MLP up projections)
+};
+
+// Raw GGUF bytes (device pointer; rows of src_row_bytes) -> the GPU layout, in place in w.
+void repack_weight(const uint8_t* src, int64_t src_row_bytes, const float* fp8_scales, int64_t n_scale,
+                   GpuWeight& w, cudaStream_t s);
+
+// Chooses the matrix-vector kernel (few tokens, any type, fp32 math) or the tensor-core
+// matrix-matrix kernel (bf16 operands, fp32 accumulation) and launches it.
+void linear(const LinearArgs& a, cudaStream_t s);
+
+void embed(const GpuWeight& w, const int32_t* tokens, int64_t T, float* x, int64_t E, cudaStream_t s);
+void rmsnorm(const float* x, const float* w, int64_t T, int64_t n, float eps, float* out, cudaStream_t s);
+void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s);
+
+// Mamba-2 (reference/nemotron-h.md §3.3).
+struct MambaArgs {
+  const float* u; int64_t ldu;       // in_proj output [T, ldu] = [z | xBC | dt]
+  float* conv_state;                 // [K-1, C]
+  const float* conv_w; const float* conv_b;  // [C, K], [C]
+  float* xbc;                        // [T, C] conv + SiLU output
+  float* ssm_state;                  // [nh, hd, N]
+  const float* dt_bias; const float* A; const float* D;
+  float* y;                          // [T, di]
+  int64_t T, C, K, nh, hd, N, G;
+  float dt_floor;                    // 0 = no clamp
+};
+void mamba_conv(const MambaArgs& a, cudaStream_t s);
+void mamba_scan(const MambaArgs& a, cudaStream_t s);
+// out = groupwise rmsnorm(y * silu(z)) * w, z = u[:, :di]
+void gated_rmsnorm(const float* y, const float* u, int64_t ldu, const float* w, int64_t T, int64_t di,
+                   int64_t group, float eps, float* out, cudaStream_t s);
+
+// Attention: KV rows of kv_width values (f16 or f32) at positions n_past + t.
+void kv_write(const float* k, const float* v, int64_t T, int64_t kvw, const int32_t* n_past, void* kc,
+              void* vc, bool f16, cudaStream_t s);
+struct AttnArgs {
+  const float* q;                    // [T, nq*hd]
+  const void* kc; const void* vc;    // caches [n_ctx, nkv*hd]
+  bool f16;
+  const int32_t* n_past;             // device: position of token 0 (keys 0..n_past+t visible)
+  float* out;                        // [T, nq*hd]
+  float* part;                       // split-K scratch (splits > 1)
+  int64_t T, nq, nkv, hd;
+  int splits;                        // >1: split the keys of each query over this many blocks
+};
+void attention(const AttnArgs& a, cudaStream_t s);
+size_t attention_part_floats(int64_t T, int64_t nq, int64_t hd, int splits);
+
+// MoE
+struct RouterArgs {
+  const float* logits; const float* bias;   // [T, n_expert], [n_expert]
+  int32_t* idx; float* wt;                   // [T, k]
+  int64_t T; int n_expert, k, n_group, n_group_used;
+  bool norm; float scale;
+};
+void route(const RouterArgs& a, cudaStream_t s);
+// out[t] = shared[t] (or 0) + sum_j wt[t,j] * ye[row(t,j)]; row_of null = t*k + j
+void moe_combine(const float* ye, const float* shared, const float* wt, const int32_t* row_of, int64_t T,
+                 int k, int64_t E, float* out, cudaStream_t s);
+void gather_rows(const float* x, int64_t ld, const int32_t* src_row, int64_t n, float* out, cudaStream_t s);
+
+void add_scalar_i32(int32_t* p, int32_t v, cudaStream_t s);
+
+}  // namespace cuda
+}  // namespace nemocpu
