@@ -13,6 +13,9 @@ namespace py = pybind11;
 using namespace nemocpu;
 
 void register_ops(py::module_& m);  // ops.cpp
+#if defined(NEMOCPU_WITH_CUDA)
+void register_cuda(py::module_& m, HParams (*hparams_from_dict)(const py::dict&));  // cuda/bindings.cpp
+#endif
 
 namespace {
 
@@ -164,4 +167,7 @@ PYBIND11_MODULE(_core, m) {
 
   py::module_ ops = m.def_submodule("ops", "kernel entry points (for tests)");
   register_ops(ops);
+#if defined(NEMOCPU_WITH_CUDA)
+  register_cuda(m, &hparams_from_dict);
+#endif
 }
