@@ -227,7 +227,10 @@ class Session:
 
     def eval(self, ids, all_logits: bool = False) -> np.ndarray:
         """Append tokens; return float32 logits [1, n_vocab] for the last one, or [T, n_vocab]."""
-        arr = np.ascontiguousarray(np.asarray(ids, dtype=np.int64).reshape(-1))
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+            raise ValueError(f"token ids must be a 1-D sequence of integers, got shape {arr.shape} of {arr.dtype}")
+        arr = np.ascontiguousarray(arr, dtype=np.int64)
         # checked here too because the int32 cast below would wrap ids >= 2**31 into range
         if arr.size and (arr.min() < 0 or arr.max() >= self.model.n_vocab):
             bad = int(arr[(arr < 0) | (arr >= self.model.n_vocab)][0])
