@@ -91,12 +91,12 @@ class Sampler:
         if p.greedy:
             return int(np.argmax(x))
         x = x / p.temperature
-        cand = candidates(x, p.top_k, p.top_p, p.min_p)
-        xc = x if len(cand) == len(x) else x[cand]   # everything kept: skip the gather
+        cand = _candidates(x, p.top_k, p.top_p, p.min_p)
+        xc = x if cand is None else x[cand]   # None: every token kept, skip the gather
         # float32 exp is several times faster over a 131k vocabulary; the cdf sums in float64
         cdf = np.cumsum(np.exp((xc - xc.max()).astype(np.float32)).astype(np.float64))
         i = min(int(np.searchsorted(cdf, self._rng.random() * cdf[-1], side="right")), len(cdf) - 1)
-        return i if len(cand) == len(x) else int(cand[i])
+        return i if cand is None else int(cand[i])
 
 
 def apply_penalties(x: np.ndarray, history: Iterable[int], p: SamplingParams) -> np.ndarray:
@@ -118,9 +118,15 @@ def apply_penalties(x: np.ndarray, history: Iterable[int], p: SamplingParams) ->
 
 
 def candidates(x: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray:
+    """Ids that survive top-k, top-p and min-p (see ``_candidates``)."""
+    cand = _candidates(x, top_k, top_p, min_p)
+    return np.arange(len(x)) if cand is None else cand
+
+
+def _candidates(x: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndarray | None:
     """Ids that survive top-k, then top-p (the smallest set, best first, whose probability
     reaches top_p), then min-p (probability at least min_p times the largest), best first
-    where an order was needed. Always keeps the best token.
+    where an order was needed, or None for "every token". Always keeps the best token.
 
     Sorting a 131k vocabulary for every token would cost more than the forward pass of a small
     model, so only as many of the best tokens as top-p needs are sorted (partition first)."""
@@ -149,10 +155,11 @@ def candidates(x: np.ndarray, top_k: int, top_p: float, min_p: float) -> np.ndar
                 pool = src[part[keep]]
                 break
             m = min(len(src), 4 * m)
-    if pool is None:
-        pool = np.arange(n)
     if min_p > 0.0:
-        pool = pool[x[pool] - x[best] >= np.log(min_p)]
+        keep = x - x[best] >= np.log(min_p) if pool is None else x[pool] - x[best] >= np.log(min_p)
+        pool = np.flatnonzero(keep) if pool is None else pool[keep]
+    if pool is None:
+        return None            # every token, in id order
     if best not in pool:
         pool = np.append(pool, best)
     return pool

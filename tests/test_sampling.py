@@ -113,3 +113,12 @@ def test_recommended_defaults():
     assert (p.temperature, p.top_k, p.top_p, p.seed) == (0.3, 20, 0.95, 5)
     with pytest.raises(ValueError):
         SamplingParams(top_p=0)
+
+
+@pytest.mark.parametrize("kw", [{"top_p": 0.99999}, {"top_k": 3}, {"min_p": 0.01}, {}])
+def test_draws_use_token_ids_when_a_filter_keeps_everything(kw):
+    # every token survives but the filter returns them best-first: ids must not be confused with ranks
+    probs = np.array([0.2, 0.3, 0.5])
+    s = Sampler(SamplingParams(temperature=1.0, seed=3, **kw))
+    counts = np.bincount([s.sample(np.log(probs)) for _ in range(20000)], minlength=3) / 20000
+    assert np.abs(counts - probs).max() < 0.015
