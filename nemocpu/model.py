@@ -29,12 +29,13 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def load(path=None, threads=None, n_ctx=4096, kv_type="f16", dt_floor=0.0) -> "Model":
+def load(path=None, threads=None, n_ctx=4096, kv_type="f16", dt_floor=0.0, device="cpu") -> "Model":
     """Load a Nemotron-H GGUF (``path=None``: the embedded tiny demo model).
 
     threads: worker threads (default: the CPUs this process may use); n_ctx: context length
     of new sessions; kv_type: "f16" or "f32" attention cache; dt_floor: Mamba dt lower clamp
-    applied only in prefill, to mirror transformers (0.0 = NVIDIA/vLLM semantics)."""
+    applied only in prefill, to mirror transformers (0.0 = NVIDIA/vLLM semantics);
+    device: "cpu", or "cuda" / "cuda:N" with a core built with NEMOCPU_CUDA (docs/cuda.md)."""
     if path is None:
         from .data import default_model_path
         path = default_model_path()
@@ -42,8 +43,9 @@ def load(path=None, threads=None, n_ctx=4096, kv_type="f16", dt_floor=0.0) -> "M
         raise NemocpuError(f"kv_type must be one of {KV_TYPES}, got {kv_type!r}")
     n_ctx = _check_n_ctx(n_ctx)
     threads = _check_threads(default_threads() if threads is None else threads)
-    from . import _core
+    from .cuda import engine_class
     from .model_file import open_model_file
+    make_engine = engine_class(device)            # a missing GPU is not a file problem either
     active_variant()                              # a bad NEMOCPU_ISA is not a file problem
     mf = open_model_file(path)
     try:
@@ -52,10 +54,13 @@ def load(path=None, threads=None, n_ctx=4096, kv_type="f16", dt_floor=0.0) -> "M
         mf.gguf.close()
         raise
     try:
-        engine = _core.Engine(mf.hparams.as_dict(), mf.tensors, threads, float(dt_floor))
+        engine = make_engine(mf.hparams.as_dict(), mf.tensors, threads, float(dt_floor))
     except ValueError as e:  # the engine's own checks: still a problem with this file
         mf.gguf.close()
         raise GGUFError(mf.path, str(e)) from None
+    except RuntimeError as e:  # CUDA: out of device memory, driver errors
+        mf.gguf.close()
+        raise NemocpuError(f"{device}: {e}") from None
     return Model(mf, engine, int(n_ctx), kv_type, threads)
 
 
