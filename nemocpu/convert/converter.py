@@ -235,6 +235,10 @@ def convert(hf_dir, out_path, outtype: str = "auto", progress: bool = True) -> P
                 os.fsync(fout.fileno())
                 writer.fout = None
             os.replace(tmp, out)
+    except OSError as e:      # disk full, file size limit, I/O error: a message, not a traceback
+        tmp.unlink(missing_ok=True)
+        where = f" ({e.filename})" if e.filename else ""
+        raise ConversionError(out, f"writing failed: {e.strerror or e}{where}; no output was written") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
