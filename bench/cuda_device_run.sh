@@ -20,7 +20,7 @@ cp build/dev/_core*.so nemocpu/
 echo "build: $(( $(date +%s) - t0 )) s"
 export PYTHONUNBUFFERED=1
 if [ "$what" != bench ]; then
-  python3 -m pytest -q -p no:cacheprovider tests/test_cuda_engine.py 2>&1 | tee "$OUT/tests.log" | tail -40
+  python3 -m pytest -q -s -p no:cacheprovider tests/test_cuda_engine.py 2>&1 | tee "$OUT/tests.log" | grep -E "tiny|passed|failed|Error|^E " | head -40
 fi
 if [ "$what" != tests ]; then
   python3 bench/cuda_bench.py --json "$OUT/cuda_bench.json" "$@" 2>&1 | tee "$OUT/bench.log" | grep -v '^ \|^{\|^}'

@@ -236,12 +236,13 @@ void CudaEngine::alloc_scratch(Scratch& sc, int64_t cap, int64_t logit_rows) {
   sc.k = dev_alloc<float>(o, T * kvw);
   sc.kv_v = dev_alloc<float>(o, T * kvw);
   sc.o = dev_alloc<float>(o, T * qw);
-  sc.part = dev_alloc<float>(o, attention_part_floats(T, hp_.n_head, hp_.head_dim, T == 1 ? kDecodeSplits : 1));
+  sc.part = dev_alloc<float>(o, attention_part_floats(1, hp_.n_head, hp_.head_dim, kDecodeSplits));  // T == 1 evals
   sc.glog = dev_alloc<float>(o, T * hp_.n_expert);
   sc.idx = dev_alloc<int32_t>(o, T * k);
   sc.wt = dev_alloc<float>(o, T * k);
   sc.row_of = dev_alloc<int32_t>(o, T * k);
   sc.src_row = dev_alloc<int32_t>(o, T * k);
+  sc.grp = dev_alloc<int32_t>(o, 3 * std::max<int64_t>(1, hp_.n_expert));
   sc.xe = dev_alloc<float>(o, T * k * E);
   sc.act = dev_alloc<float>(o, T * F);
   sc.ye = dev_alloc<float>(o, T * (k + 1) * E);
@@ -402,10 +403,39 @@ void CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
   NEMOCPU_CUDA_CHECK(cudaMemcpyAsync(sc.row_of, row_of, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   NEMOCPU_CUDA_CHECK(cudaMemcpyAsync(sc.src_row, src_row, n * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
   gather_rows(sc.h, E, sc.src_row, n, sc.xe, stream_);
-  for (int64_t e = 0; e < ne; ++e)
-    if (count[e]) lin(L.up_exps, sc.xe + first[e] * E, E, count[e], sc.act + first[e] * F, F, true, (int)e);
-  for (int64_t e = 0; e < ne; ++e)
-    if (count[e]) lin(L.down_exps, sc.act + first[e] * F, F, count[e], sc.ye + first[e] * E, E, false, (int)e);
+  if (L.up_exps.type == GGML_F32) {  // exact fp32 matrix-vector path (tests), one launch per expert
+    for (int64_t e = 0; e < ne; ++e)
+      if (count[e]) lin(L.up_exps, sc.xe + first[e] * E, E, count[e], sc.act + first[e] * F, F, true, (int)e);
+    for (int64_t e = 0; e < ne; ++e)
+      if (count[e]) lin(L.down_exps, sc.act + first[e] * F, F, count[e], sc.ye + first[e] * E, E, false, (int)e);
+  } else {  // all experts in one tensor-core launch per projection
+    int32_t* grp = h_rows_ + 2 * n;
+    int n_groups = 0;
+    int64_t max_rows = 0;
+    for (int64_t e = 0; e < ne; ++e)
+      if (count[e]) {
+        grp[3 * n_groups] = (int32_t)e;
+        grp[3 * n_groups + 1] = (int32_t)first[e];
+        grp[3 * n_groups + 2] = (int32_t)count[e];
+        max_rows = std::max(max_rows, count[e]);
+        ++n_groups;
+      }
+    NEMOCPU_CUDA_CHECK(cudaMemcpyAsync(sc.grp, grp, 3 * n_groups * sizeof(int32_t), cudaMemcpyHostToDevice, stream_));
+    GroupedArgs g;
+    g.w = &L.up_exps;
+    g.grp = sc.grp;
+    g.n_groups = n_groups;
+    g.max_rows = max_rows;
+    g.x = sc.xe; g.ldx = E;
+    g.y = sc.act; g.ldy = F;
+    g.relu2 = true;
+    grouped_linear(g, stream_);
+    g.w = &L.down_exps;
+    g.x = sc.act; g.ldx = F;
+    g.y = sc.ye; g.ldy = E;
+    g.relu2 = false;
+    grouped_linear(g, stream_);
+  }
   if (L.has_shexp) {
     lin(L.up_shexp, sc.h, E, T, act_sh, Fsh, true);
     lin(L.down_shexp, act_sh, Fsh, T, ye_sh, E);
@@ -419,7 +449,8 @@ void CudaEngine::forward(CudaState& st, Scratch& sc, int64_t T, bool clamp_dt, b
   embed(token_embd_, sc.tok, T, sc.x, E, stream_);
   for (size_t i = 0; i < layers_.size(); ++i) {
     const DevLayer& L = layers_[i];
-    rmsnorm(sc.x, L.attn_norm, T, E, eps, sc.h, stream_);
+    // residual add of the previous block fused into this block's norm
+    add_rmsnorm(sc.x, i ? sc.y : nullptr, L.attn_norm, T, E, eps, sc.h, stream_);
     switch (L.kind) {
       case 'M': mamba(L, mamba_index_[i], st, sc, T, clamp_dt); break;
       case '*': attention(L, attn_index_[i], st, sc, T); break;
@@ -429,11 +460,11 @@ void CudaEngine::forward(CudaState& st, Scratch& sc, int64_t T, bool clamp_dt, b
         lin(L.ffn_down, sc.act, L.ffn_up.rows, T, sc.y, E);
         break;
     }
-    add_inplace(sc.x, sc.y, T * E, stream_);
   }
   add_scalar_i32(st.d_n_past_, (int32_t)T, stream_);
+  // the last residual add and the final norm only on the rows whose logits are returned
   const int64_t first = all_logits ? 0 : T - 1, rows = T - first;
-  rmsnorm(sc.x + first * E, output_norm_, rows, E, eps, sc.h, stream_);
+  add_rmsnorm(sc.x + first * E, sc.y + first * E, output_norm_, rows, E, eps, sc.h, stream_);
   lin(output_, sc.h, E, rows, sc.logits, hp_.n_vocab);
 }
 
@@ -501,7 +532,7 @@ void CudaEngine::eval(CudaState& st, const int32_t* tokens, int64_t T, bool all_
     if (h_idx_) cudaFreeHost(h_idx_);
     if (h_rows_) cudaFreeHost(h_rows_);
     NEMOCPU_CUDA_CHECK(cudaMallocHost(&h_idx_, kk * sizeof(int32_t)));
-    NEMOCPU_CUDA_CHECK(cudaMallocHost(&h_rows_, 2 * kk * sizeof(int32_t)));
+    NEMOCPU_CUDA_CHECK(cudaMallocHost(&h_rows_, (2 * kk + 3 * std::max<int64_t>(1, hp_.n_expert)) * sizeof(int32_t)));
     h_idx_cap_ = kk;
   }
   for (int64_t t0 = 0; t0 < T; t0 += chunk) {

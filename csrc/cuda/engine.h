@@ -84,7 +84,7 @@ class CudaEngine {
     float *x = nullptr, *h = nullptr, *y = nullptr, *u = nullptr, *xbc = nullptr, *ys = nullptr, *v = nullptr,
           *q = nullptr, *k = nullptr, *kv_v = nullptr, *o = nullptr, *part = nullptr, *glog = nullptr,
           *wt = nullptr, *xe = nullptr, *act = nullptr, *ye = nullptr, *logits = nullptr;
-    int32_t *idx = nullptr, *row_of = nullptr, *src_row = nullptr;
+    int32_t *idx = nullptr, *row_of = nullptr, *src_row = nullptr, *grp = nullptr;
     std::vector<void*> owned;
   };
 

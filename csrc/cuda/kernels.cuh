@@ -43,8 +43,20 @@ void repack_weight(const uint8_t* src, int64_t src_row_bytes, const float* fp8_s
 void linear(const LinearArgs& a, cudaStream_t s);
 
 void embed(const GpuWeight& w, const int32_t* tokens, int64_t T, float* x, int64_t E, cudaStream_t s);
-void rmsnorm(const float* x, const float* w, int64_t T, int64_t n, float eps, float* out, cudaStream_t s);
-void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s);
+// x += y (skipped when y is null: first block), then out = rmsnorm(x) * w; T rows of n.
+void add_rmsnorm(float* x, const float* y, const float* w, int64_t T, int64_t n, float eps, float* out,
+                 cudaStream_t s);
+
+// Expert products of a prefill in one launch: group g multiplies matrix grp[3g] by the
+// activation rows [grp[3g+1], grp[3g+1] + grp[3g+2]) of x, writing the same rows of y.
+struct GroupedArgs {
+  const GpuWeight* w;
+  const int32_t* grp; int n_groups; int64_t max_rows;
+  const float* x; int64_t ldx;
+  float* y; int64_t ldy;
+  bool relu2 = false;
+};
+void grouped_linear(const GroupedArgs& a, cudaStream_t s);
 
 // Mamba-2 (reference/nemotron-h.md §3.3).
 struct MambaArgs {

@@ -12,6 +12,7 @@
 #include <cuda_fp8.h>
 #include <mma.h>
 
+#include <algorithm>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -38,6 +39,16 @@ template <> struct Chunk<GGML_I8> { static constexpr int n = 16; };
 template <> struct Chunk<GGML_Q8_0> { static constexpr int n = 16; };
 template <> struct Chunk<GGML_Q4_0> { static constexpr int n = 32; };
 
+int sm_count() {
+  static int n = 0;
+  if (!n) {
+    int dev = 0;
+    NEMOCPU_CUDA_CHECK(cudaGetDevice(&dev));
+    NEMOCPU_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  }
+  return n;
+}
+
 int64_t elem_bytes_x2(int type) {  // bytes per 2 elements of a padded row
   switch (type) {
     case GGML_F32: return 8;
@@ -46,12 +57,6 @@ int64_t elem_bytes_x2(int type) {  // bytes per 2 elements of a padded row
     case GGML_Q4_0: return 1;
     default: throw std::invalid_argument("CUDA: unsupported weight type " + std::to_string(type));
   }
-}
-
-__device__ __forceinline__ float fp8_to_f32(uint8_t b) {
-  __nv_fp8_e4m3 v;
-  v.__x = b;
-  return float(v);
 }
 
 // Decode one 16-byte chunk into Chunk<TYPE>::n floats (block scale `d` applied by caller).
@@ -70,9 +75,14 @@ __device__ __forceinline__ void decode_chunk(const uint4 raw, float* w) {
     const uint16_t* h = reinterpret_cast<const uint16_t*>(&raw);
 #pragma unroll
     for (int i = 0; i < 8; ++i) w[i] = __uint_as_float((uint32_t)h[i] << 16);
-  } else if constexpr (TYPE == GGML_I8) {
+  } else if constexpr (TYPE == GGML_I8) {  // hardware e4m3x2 -> f16x2 conversion (sm_89+)
+    const __nv_fp8x2_storage_t* p2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw);
 #pragma unroll
-    for (int i = 0; i < 16; ++i) w[i] = fp8_to_f32(b[i]);
+    for (int i = 0; i < 8; ++i) {
+      const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(p2[i], __NV_E4M3)));
+      w[2 * i] = f.x;
+      w[2 * i + 1] = f.y;
+    }
   } else if constexpr (TYPE == GGML_Q8_0) {
 #pragma unroll
     for (int i = 0; i < 16; ++i) w[i] = (float)(int8_t)b[i];
@@ -124,15 +134,18 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvParams p) {
   const int64_t Kp = p.Kp, nch = Kp / EPC;
   const int slice = blockIdx.y;
   const float* x = p.x + slice * p.x_slice;
-  for (int64_t i = threadIdx.x; i < NT * Kp; i += blockDim.x) {
-    const int64_t t = i / Kp, k = i % Kp;
-    xs[t * Kp + (k % EPC) * nch + k / EPC] = k < p.K ? x[t * p.ldx + k] : 0.0f;
-  }
+  for (int t = 0; t < NT; ++t)  // 32-bit index math: this loop is on every block's critical path
+    for (int k = threadIdx.x; k < (int)Kp; k += blockDim.x)
+      xs[t * (int)Kp + (k % EPC) * (int)nch + k / EPC] = k < p.K ? x[t * p.ldx + k] : 0.0f;
   __syncthreads();
   const int mat = p.mat_idx ? p.mat_idx[slice] : p.mat;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int64_t r0 = ((int64_t)blockIdx.x * kWarps + warp) * kRowsPerWarp;
-  if (r0 >= p.rows) return;
+  // Blocks stride over groups of kWarps * kRowsPerWarp rows: the activations staged above
+  // serve many rows, and the grid stays at a few blocks per multiprocessor.
+  const int64_t n_groups = (p.rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp);
+  for (int64_t grp = blockIdx.x; grp < n_groups; grp += gridDim.x) {
+  const int64_t r0 = (grp * kWarps + warp) * kRowsPerWarp;
+  if (r0 >= p.rows) continue;
   const uint8_t* wrow[kRowsPerWarp];
   const uint16_t* drow[kRowsPerWarp];
   bool ok[kRowsPerWarp];
@@ -149,7 +162,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvParams p) {
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[rr][t] = 0.0f;
 
-#pragma unroll 2
+#pragma unroll 4
   for (int64_t c = lane; c < nch; c += 32) {
     uint4 raw[kRowsPerWarp];
 #pragma unroll
@@ -194,6 +207,7 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvParams p) {
       }
     }
   }
+  }
 }
 
 template <int TYPE, int NT>
@@ -206,7 +220,9 @@ void launch_gemv_t(const GemvParams& p, int slices, cudaStream_t s) {
     raised = smem;
   }
   const int64_t rows_per_block = kWarps * kRowsPerWarp;
-  dim3 grid((unsigned)((p.rows + rows_per_block - 1) / rows_per_block), (unsigned)slices);
+  const int64_t groups = (p.rows + rows_per_block - 1) / rows_per_block;
+  const int64_t cap = std::max<int64_t>(1, (int64_t)sm_count() * 8 / slices);  // 8 blocks of 256 fill an SM
+  dim3 grid((unsigned)std::min(groups, cap), (unsigned)slices);
   gemv_kernel<TYPE, NT><<<grid, kWarps * 32, smem, s>>>(p);
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
 }
@@ -244,6 +260,10 @@ void gemv(const LinearArgs& a, cudaStream_t s) {
 }
 
 // ---- gemm (tensor cores) ---------------------------------------------------------------
+// Operands are split into bf16 pairs, v = hi + lo (hi = bf16(v), lo = bf16(v - hi)), and
+// W.X ~ Wh.Xh + Wh.Xl + Wl.Xh ("3xBF16"): about 16 significant bits per operand, so prefill
+// matches the fp32 matrix-vector path to ~1e-5 instead of bf16's 4e-3 (which flips MoE
+// routing decisions at near-ties).
 constexpr int BM = 64, BN = 128, BK = 32, LDS = BK + 8, LDC = BN + 4;
 
 struct GemmParams {
@@ -252,13 +272,19 @@ struct GemmParams {
   const float* x; int64_t ldx, T;
   float* y; int64_t ldy;
   int relu2;
+  const int32_t* grp;  // grouped (MoE prefill): blockIdx.z -> {matrix, first row, rows}
 };
 
-// 16 consecutive weights (k0 % 16 == 0) of one row, scaled, as bf16.
+__device__ __forceinline__ void split_bf16(float v, __nv_bfloat16& hi, __nv_bfloat16& lo) {
+  hi = __float2bfloat16(v);
+  lo = __float2bfloat16(v - __bfloat162float(hi));
+}
+
+// 16 consecutive weights (k0 % 16 == 0) of one row of the matrix at q/d/s, as fp32.
 template <int TYPE>
-__device__ __forceinline__ void load_w16(const GemmParams& p, int64_t row, int64_t k0, __nv_bfloat16* out) {
-  const uint8_t* r = p.q + row * p.row_bytes;
-  float w[32];
+__device__ __forceinline__ void load_w16(const GemmParams& p, const uint8_t* q, const uint16_t* d, const float* s,
+                                         int64_t row, int64_t k0, float* w) {
+  const uint8_t* r = q + row * p.row_bytes;
   float sc = 1.0f;
   if constexpr (TYPE == GGML_F32) {
 #pragma unroll
@@ -268,30 +294,49 @@ __device__ __forceinline__ void load_w16(const GemmParams& p, int64_t row, int64
     for (int j = 0; j < 2; ++j) decode_chunk<TYPE>(__ldg(reinterpret_cast<const uint4*>(r + k0 * 2) + j), w + 8 * j);
   } else if constexpr (TYPE == GGML_I8) {
     decode_chunk<TYPE>(__ldg(reinterpret_cast<const uint4*>(r + k0)), w);
-    sc = p.s[row];
+    sc = s[row];
   } else if constexpr (TYPE == GGML_Q8_0) {
     decode_chunk<TYPE>(__ldg(reinterpret_cast<const uint4*>(r + k0)), w);
-    sc = __half2float(__ushort_as_half(p.d[row * (p.Kp / QK) + k0 / QK]));
+    sc = __half2float(__ushort_as_half(d[row * (p.Kp / QK) + k0 / QK]));
   } else {  // Q4_0: the block's 16 bytes; first or second half of its 32 elements
     float all[32];
     decode_chunk<TYPE>(__ldg(reinterpret_cast<const uint4*>(r + (k0 / QK) * 16)), all);
     const int h = (int)(k0 % QK) / 16;
 #pragma unroll
     for (int i = 0; i < 16; ++i) w[i] = h ? all[16 + i] : all[i];
-    sc = __half2float(__ushort_as_half(p.d[row * (p.Kp / QK) + k0 / QK]));
+    sc = __half2float(__ushort_as_half(d[row * (p.Kp / QK) + k0 / QK]));
   }
 #pragma unroll
-  for (int i = 0; i < 16; ++i) out[i] = __float2bfloat16(w[i] * sc);
+  for (int i = 0; i < 16; ++i) w[i] *= sc;
 }
 
 template <int TYPE>
 __global__ void __launch_bounds__(256) gemm_kernel(GemmParams p) {
   using namespace nvcuda;
   __shared__ __align__(128) unsigned char smem[BM * LDC * 4];
-  __nv_bfloat16* As = reinterpret_cast<__nv_bfloat16*>(smem);            // [BM][LDS] tokens x k
-  __nv_bfloat16* Bs = As + BM * LDS;                                       // [BN][LDS] rows x k
-  float* Cs = reinterpret_cast<float*>(smem);                              // [BM][LDC] after the loop
+  __nv_bfloat16* Ah = reinterpret_cast<__nv_bfloat16*>(smem);  // [BM][LDS] tokens x k
+  __nv_bfloat16* Al = Ah + BM * LDS;
+  __nv_bfloat16* Bh = Al + BM * LDS;                            // [BN][LDS] rows x k
+  __nv_bfloat16* Bl = Bh + BN * LDS;
+  float* Cs = reinterpret_cast<float*>(smem);                   // [BM][LDC] after the loop
+  const uint8_t* q = p.q;
+  const uint16_t* d = p.d;
+  const float* s = p.s;
+  const float* x = p.x;
+  float* y = p.y;
+  int64_t T = p.T;
+  if (p.grp) {
+    const int32_t* g = p.grp + 3 * blockIdx.z;
+    const int64_t off = (int64_t)g[0] * p.rows;
+    q += off * p.row_bytes;
+    if (d) d += off * (p.Kp / QK);
+    if (s) s += off;
+    x += (int64_t)g[1] * p.ldx;
+    y += (int64_t)g[1] * p.ldy;
+    T = g[2];
+  }
   const int64_t t0 = (int64_t)blockIdx.y * BM, n0 = (int64_t)blockIdx.x * BN;
+  if (t0 >= T) return;
   const int tid = threadIdx.x, warp = tid / 32;
   const int wm = warp / 4, wn = warp % 4;  // 2 x 4 warps, each 32 x 32
   wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
@@ -307,33 +352,46 @@ __global__ void __launch_bounds__(256) gemm_kernel(GemmParams p) {
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const int64_t k = kb + kk + i;
-        const float v = (t < p.T && k < p.K) ? p.x[t * p.ldx + k] : 0.0f;
-        As[m * LDS + kk + i] = __float2bfloat16(v);
+        const float v = (t < T && k < p.K) ? x[t * p.ldx + k] : 0.0f;
+        split_bf16(v, Ah[m * LDS + kk + i], Al[m * LDS + kk + i]);
       }
     }
     {  // B: 128 rows x 32 k; 16 per thread
       const int n = tid / 2, kk = (tid % 2) * 16;
       const int64_t row = n0 + n;
+      float w[16];
       if (row < p.rows) {
-        load_w16<TYPE>(p, row, kb + kk, Bs + n * LDS + kk);
+        load_w16<TYPE>(p, q, d, s, row, kb + kk, w);
       } else {
 #pragma unroll
-        for (int i = 0; i < 16; ++i) Bs[n * LDS + kk + i] = __float2bfloat16(0.0f);
+        for (int i = 0; i < 16; ++i) w[i] = 0.0f;
       }
+#pragma unroll
+      for (int i = 0; i < 16; ++i) split_bf16(w[i], Bh[n * LDS + kk + i], Bl[n * LDS + kk + i]);
     }
     __syncthreads();
 #pragma unroll
     for (int ks = 0; ks < BK; ks += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb[2];
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[2], fal[2];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fb[2], fbl[2];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], As + (wm * 32 + i * 16) * LDS + ks, LDS);
+      for (int i = 0; i < 2; ++i) {
+        wmma::load_matrix_sync(fa[i], Ah + (wm * 32 + i * 16) * LDS + ks, LDS);
+        wmma::load_matrix_sync(fal[i], Al + (wm * 32 + i * 16) * LDS + ks, LDS);
+      }
 #pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], Bs + (wn * 32 + j * 16) * LDS + ks, LDS);
+      for (int j = 0; j < 2; ++j) {
+        wmma::load_matrix_sync(fb[j], Bh + (wn * 32 + j * 16) * LDS + ks, LDS);
+        wmma::load_matrix_sync(fbl[j], Bl + (wn * 32 + j * 16) * LDS + ks, LDS);
+      }
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        for (int j = 0; j < 2; ++j) {
+          wmma::mma_sync(acc[i][j], fal[i], fb[j], acc[i][j]);
+          wmma::mma_sync(acc[i][j], fa[i], fbl[j], acc[i][j]);
+          wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        }
     }
     __syncthreads();
   }
@@ -346,21 +404,17 @@ __global__ void __launch_bounds__(256) gemm_kernel(GemmParams p) {
   for (int i = tid; i < BM * BN; i += blockDim.x) {
     const int m = i / BN, n = i % BN;
     const int64_t t = t0 + m, row = n0 + n;
-    if (t < p.T && row < p.rows) {
+    if (t < T && row < p.rows) {
       float v = Cs[m * LDC + n];
       if (p.relu2) v = v > 0.0f ? v * v : 0.0f;
-      p.y[t * p.ldy + row] = v;
+      y[t * p.ldy + row] = v;
     }
   }
 }
 
-void gemm(const LinearArgs& a, cudaStream_t s) {
-  const GpuWeight& w = *a.w;
-  const int64_t off = (int64_t)a.mat * w.rows;
-  GemmParams p{w.q + off * w.row_bytes, w.d ? w.d + off * (w.Kp / QK) : nullptr, w.s ? w.s + off : nullptr,
-               w.K, w.Kp, w.rows, w.row_bytes, a.x, a.ldx, a.T, a.y, a.ldy, a.relu2 ? 1 : 0};
-  dim3 grid((unsigned)((w.rows + BN - 1) / BN), (unsigned)((a.T + BM - 1) / BM));
-  switch (w.type) {
+void launch_gemm(const GemmParams& p, int type, dim3 grid, cudaStream_t s) {
+  switch (type) {
+    case GGML_F32: gemm_kernel<GGML_F32><<<grid, 256, 0, s>>>(p); break;
     case GGML_F16: gemm_kernel<GGML_F16><<<grid, 256, 0, s>>>(p); break;
     case GGML_BF16: gemm_kernel<GGML_BF16><<<grid, 256, 0, s>>>(p); break;
     case GGML_I8: gemm_kernel<GGML_I8><<<grid, 256, 0, s>>>(p); break;
@@ -369,6 +423,14 @@ void gemm(const LinearArgs& a, cudaStream_t s) {
     default: throw std::invalid_argument("CUDA gemm: unsupported type");
   }
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
+}
+
+void gemm(const LinearArgs& a, cudaStream_t s) {
+  const GpuWeight& w = *a.w;
+  const int64_t off = (int64_t)a.mat * w.rows;
+  GemmParams p{w.q + off * w.row_bytes, w.d ? w.d + off * (w.Kp / QK) : nullptr, w.s ? w.s + off : nullptr,
+               w.K, w.Kp, w.rows, w.row_bytes, a.x, a.ldx, a.T, a.y, a.ldy, a.relu2 ? 1 : 0, nullptr};
+  launch_gemm(p, w.type, dim3((unsigned)((w.rows + BN - 1) / BN), (unsigned)((a.T + BM - 1) / BM)), s);
 }
 
 }  // namespace
@@ -394,6 +456,14 @@ void repack_weight(const uint8_t* src, int64_t src_row_bytes, const float* fp8_s
     NEMOCPU_CUDA_CHECK(cudaMemcpyAsync(w.s, rows.data(), n_rows * sizeof(float), cudaMemcpyHostToDevice, s));
     NEMOCPU_CUDA_CHECK(cudaStreamSynchronize(s));  // `rows` dies here
   }
+}
+
+void grouped_linear(const GroupedArgs& a, cudaStream_t s) {
+  if (a.n_groups <= 0) return;
+  const GpuWeight& w = *a.w;
+  GemmParams p{w.q, w.d, w.s, w.K, w.Kp, w.rows, w.row_bytes, a.x, a.ldx, 0, a.y, a.ldy, a.relu2 ? 1 : 0, a.grp};
+  launch_gemm(p, w.type, dim3((unsigned)((w.rows + BN - 1) / BN), (unsigned)((a.max_rows + BM - 1) / BM),
+                              (unsigned)a.n_groups), s);
 }
 
 void linear(const LinearArgs& a, cudaStream_t s) {

@@ -64,39 +64,37 @@ __device__ float block_sum(float v) {
   return s;
 }
 
-__global__ void rmsnorm_kernel(const float* x, const float* w, int64_t n, float eps, float* out) {
-  const float* xr = x + blockIdx.x * n;
+// x += y (the residual add of the previous block, when y is given), then out = rmsnorm(x).
+__global__ void rmsnorm_kernel(float* x, const float* y, const float* w, int64_t n, float eps, float* out) {
+  float* xr = x + blockIdx.x * n;
   float ss = 0.0f;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) ss += xr[i] * xr[i];
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    if (y) xr[i] += y[blockIdx.x * n + i];
+    ss += xr[i] * xr[i];
+  }
   const float inv = rsqrtf(block_sum(ss) / (float)n + eps);
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[blockIdx.x * n + i] = xr[i] * inv * w[i];
 }
 
-__global__ void add_kernel(float* x, const float* y, int64_t n) {
-  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) x[i] += y[i];
-}
-
 // ---- Mamba-2 -------------------------------------------------------------------------
+// One thread per channel: all T outputs, then the state keeps the last K-1 pre-conv inputs.
+// Rows are shifted in ascending order, so the in-place move (row j <- row j + T) never reads
+// a row it already wrote.
 __global__ void conv_kernel(MambaArgs a) {
-  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= a.T * a.C) return;
-  const int64_t t = i / a.C, c = i % a.C, S = a.K - 1, di = a.nh * a.hd;
-  float acc = a.conv_b[c];
-  for (int64_t k = 0; k < a.K; ++k) {
-    const int64_t tau = t - S + k;
-    const float in = tau < 0 ? a.conv_state[(S + tau) * a.C + c] : a.u[tau * a.ldu + di + c];
-    acc += a.conv_w[c * a.K + k] * in;
-  }
-  a.xbc[t * a.C + c] = silu(acc);
-}
-
-// Keeps the last K-1 pre-conv inputs; one thread per channel walks the rows in ascending
-// order, so the in-place shift (row j <- row j + T) never reads a row it already wrote.
-__global__ void conv_state_kernel(MambaArgs a) {
   const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= a.C) return;
   const int64_t S = a.K - 1, di = a.nh * a.hd;
+  float w[16];
+  for (int64_t k = 0; k < a.K; ++k) w[k] = a.conv_w[c * a.K + k];
+  const float b = a.conv_b[c];
+  for (int64_t t = 0; t < a.T; ++t) {
+    float acc = b;
+    for (int64_t k = 0; k < a.K; ++k) {
+      const int64_t tau = t - S + k;
+      acc += w[k] * (tau < 0 ? a.conv_state[(S + tau) * a.C + c] : a.u[tau * a.ldu + di + c]);
+    }
+    a.xbc[t * a.C + c] = silu(acc);
+  }
   for (int64_t j = 0; j < S; ++j) {
     const int64_t tau = a.T - S + j;
     a.conv_state[j * a.C + c] = tau < 0 ? a.conv_state[(S + tau) * a.C + c] : a.u[tau * a.ldu + di + c];
@@ -384,20 +382,15 @@ void embed(const GpuWeight& w, const int32_t* tokens, int64_t T, float* x, int64
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
 }
 
-void rmsnorm(const float* x, const float* w, int64_t T, int64_t n, float eps, float* out, cudaStream_t s) {
-  rmsnorm_kernel<<<(unsigned)T, kThreads, 0, s>>>(x, w, n, eps, out);
-  NEMOCPU_CUDA_CHECK(cudaGetLastError());
-}
-
-void add_inplace(float* x, const float* y, int64_t n, cudaStream_t s) {
-  add_kernel<<<blocks_for(n), kThreads, 0, s>>>(x, y, n);
+void add_rmsnorm(float* x, const float* y, const float* w, int64_t T, int64_t n, float eps, float* out,
+                 cudaStream_t s) {
+  rmsnorm_kernel<<<(unsigned)T, kThreads, 0, s>>>(x, y, w, n, eps, out);
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
 }
 
 void mamba_conv(const MambaArgs& a, cudaStream_t s) {
-  conv_kernel<<<blocks_for(a.T * a.C), kThreads, 0, s>>>(a);
-  NEMOCPU_CUDA_CHECK(cudaGetLastError());
-  conv_state_kernel<<<blocks_for(a.C), kThreads, 0, s>>>(a);
+  if (a.K > 16) throw std::invalid_argument("CUDA: ssm_conv_kernel above 16 is not supported");
+  conv_kernel<<<blocks_for(a.C, 128), 128, 0, s>>>(a);
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
 }
 
