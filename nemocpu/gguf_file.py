@@ -32,6 +32,9 @@ GGUF_MAGIC = b"GGUF"
 GGUF_DEFAULT_ALIGNMENT = 32
 MAX_DIMS = 4
 MAX_ARRAY_NESTING = 8          # deeper nesting is never legitimate; bounds recursion
+# Metadata arrays become Python lists, ~5-40x the bytes they occupy in the file, so a large
+# hostile file could ask for tens of GB. Real vocabularies are < 1M tokens/merges.
+MAX_METADATA_ELEMENTS = 1 << 24   # all metadata array elements of a file together
 _I64_MAX = (1 << 63) - 1
 
 # ------------------------------------------------------------------------------------
@@ -124,6 +127,7 @@ class GGUFFile:
             raise GGUFError(self.path, f"cannot open: {e.strerror or e}") from None
         self._pos = 0
         self.metadata: dict = {}
+        self._n_elements = 0      # metadata array elements read so far (MAX_METADATA_ELEMENTS)
         self.kv_types: dict[str, str] = {}
         self.tensors: dict[str, TensorInfo] = {}
         try:
@@ -290,6 +294,10 @@ class GGUFFile:
             if etype not in _SCALAR_TYPES and etype not in (T_STRING, T_ARRAY):
                 self._fail(f"metadata {key!r}: unknown array element type {etype}")
             n = self._count(self._u64(f"length of {key!r}"), _min_value_size(etype), f"length of array {key!r}")
+            self._n_elements += n
+            if self._n_elements > MAX_METADATA_ELEMENTS:
+                self._fail(f"metadata {key!r}: more than {MAX_METADATA_ELEMENTS} array elements in the file's "
+                           "metadata (no model needs that many)")
             if etype in _NUMPY_DTYPES:
                 dt = np.dtype(_NUMPY_DTYPES[etype])
                 p = self._need(n * dt.itemsize, f"array {key!r}")
