@@ -1,7 +1,7 @@
 """Fuzzing the file entry point (GGUF reader -> model validation -> engine) and the engine entry.
 
 1. A deterministic corpus made from real files at test time: every length/count/offset/shape
-   field of the file set to hostile values, the file cut at every field boundary, one bit
+   field and every integer/float metadata value (the hyperparameters) set to hostile values, the file cut at every field boundary, one bit
    flipped in every byte of those fields and in every 5th other header byte.
 2. atheris (coverage-guided libFuzzer) on tests/fuzz/fuzz_gguf.py, seeded with files we write,
    for NEMOCPU_FUZZ_SECONDS (default 120).
@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 FUZZ_SECONDS = int(os.environ.get("NEMOCPU_FUZZ_SECONDS", "120"))
 ENGINE_EXAMPLES = int(os.environ.get("NEMOCPU_FUZZ_ENGINE_EXAMPLES", "300"))
 HOSTILE_U64 = (0, 1, 0xFFFFFFFF, 1 << 32, (1 << 63) - 1, 1 << 63, (1 << 64) - 1)
-HOSTILE_U32 = (0, 1, 3, 5, 13, 0x7FFFFFFF, 0xFFFFFFFF)
+HOSTILE_U32 = (0, 1, 3, 5, 13, 0x7F800000, 0x7FFFFFFF, 0xFFFFFFFF)   # also +inf / NaN as FLOAT32
 
 
 def _tiny_hparams(**kw):
@@ -78,6 +78,12 @@ _MUTATE_AND_LOAD = textwrap.dedent("""
             fields.append((self._pos, 4, what)); return super()._u32(what)
         def _u64(self, what):
             fields.append((self._pos, 8, what)); return super()._u64(what)
+        def _value(self, vtype, key, depth):
+            # scalar metadata values too: hyperparameters that parse but are absurd reach the engine
+            size = {4: 4, 5: 4, 6: 4, 10: 8, 11: 8, 12: 8}.get(vtype)
+            if size:
+                fields.append((self._pos, size, f"value of {key}"))
+            return super()._value(vtype, key, depth)
     fields = []
     Recorder(base_path).close()
     head_end = max(p + n for p, n, _ in fields)
