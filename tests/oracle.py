@@ -60,19 +60,25 @@ def quant_margin() -> float:
     return _QUANT_MARGIN[0]
 
 
-def quantize_act(x):
-    """The engine's Q8_0 activation quantization (per row, per 32-block; see kernel_ref)."""
-    x32 = np.asarray(x, np.float32).reshape(*x.shape[:-1], -1, 32)
+def q8_act_blocks(x):
+    """The engine's activation quantization reproduced bit for bit: per 32-block
+    d = fp32(amax / 127), q = round-half-away(fp32(x * fp32(1 / d))).
+    Returns (d [..., nb] float32, q [..., nb, 32] float64 integers, v = the unrounded x/d)."""
+    x32 = np.asarray(x, np.float32).reshape(*np.shape(x)[:-1], -1, 32)
     d = (np.abs(x32).max(-1) / np.float32(127)).astype(np.float32)
     with np.errstate(divide="ignore"):
         inv = np.where(d != 0, np.float32(1) / d, np.float32(0)).astype(np.float32)
     v = (x32 * inv[..., None]).astype(np.float32).astype(np.float64)
+    q = np.sign(v) * np.floor(np.abs(v) + 0.5)
+    return d, q, v
+
+
+def quantize_act(x):
+    """x after the engine's int8 activation quantization (what Q8_0/Q4_0 weights see)."""
+    d, q, v = q8_act_blocks(x)
     a = np.abs(v)
-    # the block maximum maps to exactly 127 in both: it can never flip
-    near = np.abs(a - np.floor(a) - 0.5)
-    _QUANT_MARGIN[0] = min(_QUANT_MARGIN[0], float(near.min()))
-    q = np.sign(v) * np.floor(a + 0.5)
-    return (q * d[..., None]).reshape(x.shape)
+    _QUANT_MARGIN[0] = min(_QUANT_MARGIN[0], float(np.abs(a - np.floor(a) - 0.5).min()))
+    return (q * d[..., None]).reshape(np.shape(x))
 
 
 # Names of weights whose input the engine quantizes to int8 (Q8_0 / Q4_0 weights). The
