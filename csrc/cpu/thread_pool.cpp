@@ -40,7 +40,12 @@ void ThreadPool::run_chunks(Job& job) {
     const int64_t b = job.next.fetch_add(job.chunk);
     if (b >= job.n) return;
     const int64_t e = b + job.chunk < job.n ? b + job.chunk : job.n;
-    (*job.fn)(b, e);
+    try {
+      (*job.fn)(b, e);
+    } catch (...) {  // never let it escape a worker thread (std::terminate)
+      std::lock_guard<std::mutex> lk(job.error_mu);
+      if (!job.error) job.error = std::current_exception();
+    }
     if (job.done.fetch_add(e - b) + (e - b) == job.n) {
       std::lock_guard<std::mutex> lk(mu_);  // pairs with the caller's wait
       finished_.notify_all();
@@ -91,6 +96,7 @@ void ThreadPool::parallel_for(int64_t n, const RangeFn& fn, int64_t grain) {
     std::unique_lock<std::mutex> lk(mu_);
     finished_.wait(lk, [&] { return job->done.load() == n; });
   }
+  if (job->error) std::rethrow_exception(job->error);
 }
 
 }  // namespace nemocpu

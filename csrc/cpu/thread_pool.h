@@ -7,6 +7,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -25,7 +26,8 @@ class ThreadPool {
   ThreadPool& operator=(const ThreadPool&) = delete;
 
   int n_threads() const { return (int)workers_.size() + 1; }
-  // grain: the smallest chunk worth handing to a thread.
+  // grain: the smallest chunk worth handing to a thread. An exception thrown by fn (in any
+  // thread) is rethrown here once every chunk has finished.
   void parallel_for(int64_t n, const RangeFn& fn, int64_t grain = 1);
 
   static int hardware_threads();
@@ -36,6 +38,8 @@ class ThreadPool {
     int64_t n = 0, chunk = 1;
     std::atomic<int64_t> next{0};
     std::atomic<int64_t> done{0};
+    std::mutex error_mu;
+    std::exception_ptr error;       // first exception thrown by any chunk, rethrown to the caller
   };
 
   void worker_loop();
