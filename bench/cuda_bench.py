@@ -117,6 +117,21 @@ def time_decode(eng, n_ctx: int, n_steps: int, vocab: int, seed: int = 1) -> flo
     return n_steps / (time.perf_counter() - t0)
 
 
+def profile_decode(torch, eng, vocab: int, n_steps: int = 8) -> str:
+    """Per-kernel GPU time of a few graph-replayed decode steps (CUPTI via torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    st = eng.new_state(256, "f16")
+    eng.eval(st, np.arange(32, dtype=np.int32) % vocab)
+    tok = np.array([7], np.int32)
+    for _ in range(3):
+        eng.eval(st, tok)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(n_steps):
+            eng.eval(st, tok)
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+
+
 def time_prefill(eng, n: int, vocab: int, reps: int = 2) -> float:
     rng = np.random.default_rng(n)
     ids = rng.integers(0, vocab, n).astype(np.int32)
@@ -190,6 +205,7 @@ def main() -> None:
     ap.add_argument("--decode-steps", type=int, default=256)
     ap.add_argument("--peer", action="store_true", help="also time transformers' NemotronH in bf16")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--profile", action="store_true", help="per-kernel decode profile of the first type")
     args = ap.parse_args()
 
     import torch
@@ -213,6 +229,8 @@ def main() -> None:
         r["decode_of_bound"] = r["decode_tok_s"] / r["bound_tok_s"]
         print(f"{wtype}: decode {r['decode_tok_s']:.1f} tok/s, bound {r['bound_tok_s']:.0f} tok/s "
               f"({100 * r['decode_of_bound']:.0f}%), {active / 1e9:.2f} GB read per token", flush=True)
+        if args.profile and wtype == args.types[0]:
+            print(profile_decode(torch, eng, hp.n_vocab), flush=True)
         for n in args.prefill:
             r[f"prefill_{n}_tok_s"] = time_prefill(eng, n, hp.n_vocab)
             print(f"{wtype}: prefill {n}: {r[f'prefill_{n}_tok_s']:.0f} tok/s", flush=True)

@@ -76,6 +76,9 @@ void CudaState::copy_from(const CudaState& o) {
   n_past_ = o.n_past_;
   const int32_t np = (int32_t)n_past_;
   NEMOCPU_CUDA_CHECK(cudaMemcpy(d_n_past_, &np, sizeof np, cudaMemcpyHostToDevice));
+  // These copies run on the legacy stream, the engine on its own non-blocking stream: wait
+  // for them, or the next eval could read the state before it is written.
+  NEMOCPU_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 std::unique_ptr<CudaState> CudaState::snapshot() const {
@@ -94,6 +97,7 @@ void CudaState::reset() {
   NEMOCPU_CUDA_CHECK(cudaMemset(conv_, 0, std::max<int64_t>(1, layout_.n_mamba * layout_.conv_floats) * 4));
   NEMOCPU_CUDA_CHECK(cudaMemset(ssm_, 0, std::max<int64_t>(1, layout_.n_mamba * layout_.ssm_floats) * 4));
   NEMOCPU_CUDA_CHECK(cudaMemset(d_n_past_, 0, sizeof(int32_t)));
+  NEMOCPU_CUDA_CHECK(cudaDeviceSynchronize());  // see copy_from: memsets are asynchronous
   n_past_ = 0;
 }
 
@@ -109,6 +113,7 @@ CudaEngine::CudaEngine(const HParams& hp, const TensorMap& tensors, double dt_fl
   }
   if (device < 0 || device >= n) throw std::invalid_argument("CUDA device " + std::to_string(device) + " does not exist");
   NEMOCPU_CUDA_CHECK(cudaSetDevice(device_));
+  NEMOCPU_CUDA_CHECK(cudaDeviceSynchronize());  // device-array sources written on other streams
   cudaDeviceProp prop{};
   NEMOCPU_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
   device_name_ = prop.name;
@@ -120,6 +125,7 @@ CudaEngine::CudaEngine(const HParams& hp, const TensorMap& tensors, double dt_fl
   }
   upload_weights(mw);
   alloc_scratch(dec_, 1, 1);
+  NEMOCPU_CUDA_CHECK(cudaDeviceSynchronize());
   NEMOCPU_CUDA_CHECK(cudaMallocHost(&h_tok_, sizeof(int32_t)));
   NEMOCPU_CUDA_CHECK(cudaMallocHost(&h_logits_, hp_.n_vocab * sizeof(float)));
 }
@@ -139,7 +145,7 @@ CudaEngine::~CudaEngine() {
 
 float* CudaEngine::upload_f32(const float* src, int64_t n) {
   float* d = dev_alloc<float>(owned_, n);
-  NEMOCPU_CUDA_CHECK(cudaMemcpy(d, src, n * sizeof(float), cudaMemcpyDefault));
+  NEMOCPU_CUDA_CHECK(cudaMemcpy(d, src, n * sizeof(float), cudaMemcpyDefault));  // synced at the end of the constructor
   weight_bytes_ += n * 4;
   return d;
 }
@@ -157,6 +163,9 @@ GpuWeight CudaEngine::upload_matrix(const Weight& w) {
   if (!is_device_pointer(w.data)) {  // host bytes (the mapped GGUF file): stage them on the GPU
     NEMOCPU_CUDA_CHECK(cudaMalloc(&staging, std::max<int64_t>(nbytes, 1)));
     NEMOCPU_CUDA_CHECK(cudaMemcpy(staging, w.data, nbytes, cudaMemcpyHostToDevice));
+    // a copy from pageable memory may return before its DMA lands; the repack below runs on
+    // the engine's non-blocking stream, which does not wait for the legacy stream
+    NEMOCPU_CUDA_CHECK(cudaDeviceSynchronize());
     src = static_cast<const uint8_t*>(staging);
   }
   repack_weight(src, w.row_bytes, w.scale, w.n_scale, g, stream_);
