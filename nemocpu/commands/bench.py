@@ -28,6 +28,7 @@ def register(sub) -> None:
                    help="threads for filling the --depth context, which is not timed (default: -t)")
     p.add_argument("-r", "--reps", type=int, default=3, help="timed repetitions (default 3)")
     p.add_argument("--kv-type", choices=("f16", "f32"), default="f16")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (needs a NEMOCPU_CUDA build; docs/cuda.md)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=main)
@@ -75,7 +76,7 @@ def run(args) -> dict:
     if args.n_prompt == 0 and args.n_gen == 0:
         raise NemocpuError("nothing to measure: -p and -n are both 0")
     n_ctx = args.depth + max(args.n_prompt, args.n_gen)
-    model = nemocpu.load(args.model, threads=args.threads, n_ctx=n_ctx, kv_type=args.kv_type)
+    model = nemocpu.load(args.model, threads=args.threads, n_ctx=n_ctx, kv_type=args.kv_type, device=args.device)
     hp = model.config
     rng = np.random.default_rng(args.seed)
     depth_ids = rng.integers(0, model.n_vocab, args.depth).astype(np.int32)

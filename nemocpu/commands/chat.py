@@ -48,6 +48,7 @@ def register(sub) -> None:
     s.add_argument("--frequency-penalty", type=float, default=None)
     s.add_argument("--seed", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: all usable CPUs)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (needs a NEMOCPU_CUDA build; docs/cuda.md)")
     p.add_argument("--n-ctx", type=int, default=4096, help="context length (default 4096)")
     p.set_defaults(func=main)
 
@@ -61,7 +62,7 @@ def main(args) -> int:
                                               "presence_penalty", "frequency_penalty", "seed")}
     if args.think_budget is not None and args.think_budget < 0:
         raise NemocpuError("--think-budget must be >= 0")
-    model = nemocpu.load(args.model, threads=args.threads, n_ctx=args.n_ctx)
+    model = nemocpu.load(args.model, threads=args.threads, n_ctx=args.n_ctx, device=args.device)
     try:
         from nemocpu.sampling import recommended_params
         for reasoning in (True, False):          # bad values fail now, not at the first message

@@ -28,6 +28,8 @@ def collect(path=None) -> dict:
     info["compiled_variants"] = list(_core.compiled_variants())
     info["variants"] = list(_core.variants())
     info["active_variant"] = active_variant()
+    from nemocpu import cuda
+    info["cuda"] = cuda.info()                      # GPU build and devices (docs/cuda.md)
     mf = open_model_file(path if path is not None else default_model_path())
     hp = mf.hparams
     types = Counter("FP8" if mf.gguf.tensors[n].type_name == "I8" else mf.gguf.tensors[n].type_name
@@ -60,6 +62,10 @@ def main(args) -> int:
     print(f"CPU features:    {' '.join(info['cpu_features'])}")
     print(f"kernel variants: {', '.join(info['compiled_variants'])} compiled, {', '.join(info['variants'])} usable; "
           f"active: {info['active_variant']} (force with NEMOCPU_ISA=...)")
+    c = info["cuda"]
+    print("CUDA:            " + (f"runtime {c['runtime']}, driver {c['driver']}, archs {c['archs']}; devices: "
+                                 f"{', '.join(c['devices']) or 'none usable'}" if c["built"]
+                                 else "not built (pip install . -Ccmake.define.NEMOCPU_CUDA=ON)"))
     m = info["model"]
     hp = m["hparams"]
     print(f"\nmodel:          {m['path']}" + (f"  ({m['name']})" if m["name"] else ""))

@@ -19,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--min-p", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     p.add_argument("--threads", type=int, default=None, help="worker threads (default: all usable CPUs)")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (needs a NEMOCPU_CUDA build; docs/cuda.md)")
     p.add_argument("--n-ctx", type=int, default=4096, help="context length (default 4096)")
     p.add_argument("--add-bos", action="store_true", help="prepend BOS if the tokenizer wants one")
     p.add_argument("--ignore-eos", action="store_true", help="do not stop at end-of-sequence tokens")
@@ -40,7 +41,7 @@ def main(args) -> int:
                                 min_p=args.min_p, seed=args.seed)
     except ValueError as e:
         raise NemocpuError(str(e)) from None
-    model = nemocpu.load(args.model, threads=args.threads, n_ctx=args.n_ctx)
+    model = nemocpu.load(args.model, threads=args.threads, n_ctx=args.n_ctx, device=args.device)
     tok = model.tokenizer
     prompt_ids = model.tokenize(args.prompt, add_special=args.add_bos)
     if not prompt_ids:
