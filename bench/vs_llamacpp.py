@@ -119,7 +119,7 @@ def report(res: dict) -> str:
              f"  read bandwidth {', '.join(f'{x:.1f}' for x in res['read_gbs'])} GB/s; "
              f"{res['bytes_per_token'] / 1e6:.0f} MB touched per decoded token -> decode bound "
              f"{res['decode_bound_tps']:.1f} t/s"]
-    for k, label in (("pp", f"pp{res.get('n_prompt', '')}"), ("tg", "tg")):
+    for k, label in (("pp", f"pp{res['n_prompt']}"), ("tg", f"tg{res['n_gen']}")):
         parts = []
         for eng in ("llama.cpp", "nemocpu"):
             if f"{eng}_{k}" in res:
