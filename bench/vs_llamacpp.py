@@ -8,7 +8,8 @@ llama.cpp, and the fraction of the decode bound each reaches:
 
     bound = read bandwidth / bytes touched per decoded token   (nemocpu.bench_stats)
 
-Both engines read the same file, so the bytes per token are the same for both.
+Both engines read the same file, so the bytes per token are the same for both. The bound
+means something only for models far larger than the last-level cache (not the tiny model).
 
     python bench/vs_llamacpp.py bench/cache/nano16-q4_0.gguf -p 512 -n 64 -t 2 --rounds 3
     python bench/vs_llamacpp.py bench/cache/nano16-q4_0.gguf -p 0 -n 32 -t 2 -d 16384 --rounds 1

@@ -39,15 +39,23 @@ def _fill(sess, ids, chunk: int = 512) -> None:
         sess.eval(ids[i:i + chunk])
 
 
+def _rewind(sess, base) -> None:
+    """Back to the start of a test: the depth snapshot, or an empty state."""
+    if base is None:
+        sess.reset()
+    else:
+        sess.restore(base)
+
+
 def _prefill_seconds(sess, base, ids) -> float:
-    sess.restore(base) if base is not None else sess.reset()
+    _rewind(sess, base)
     t0 = time.perf_counter()
     sess.eval(ids)
     return time.perf_counter() - t0
 
 
 def _decode_seconds(sess, base, ids) -> float:
-    sess.restore(base) if base is not None else sess.reset()
+    _rewind(sess, base)
     t0 = time.perf_counter()
     for tok in ids:
         sess.eval([tok])
