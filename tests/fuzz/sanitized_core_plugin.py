@@ -20,8 +20,10 @@ try:  # fewer examples: sanitized code is several times slower (explicit @settin
 except ImportError:
     pass
 
+import nemocpu  # noqa: E402  (after the swap: the package must pick up the sanitized module)
 
-def pytest_report_header(config):
-    import nemocpu
-    assert nemocpu._core is _core and _core.__file__ == _path
-    return f"nemocpu._core (sanitized): {_core.__file__}"
+nemocpu._core = _core   # what the import system sets when it loads a submodule itself
+from nemocpu import _core as _imported  # noqa: E402
+
+assert _imported is _core and _core.__file__ == _path
+print(f"nemocpu._core (sanitized): {_core.__file__}", file=sys.stderr, flush=True)
