@@ -105,4 +105,6 @@ def test_core_tests_pass_under_asan_and_ubsan():
     reports = [m for m in SANITIZER_REPORT_MARKERS if m in out]
     assert not reports, f"sanitizer report(s) {reports}:\n{out[-6000:]}"
     assert r.returncode == 0, out[-6000:]
-    assert " passed" in out.splitlines()[-1], out[-2000:]
+    summary = r.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and "skipped" not in summary, out[-2000:]
+    print(f"under ASan+UBSan: {summary}")
