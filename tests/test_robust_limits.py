@@ -149,3 +149,15 @@ def test_str_format_cannot_reach_attributes(tmp_path):
     _with_chat_template(default_model_path(), path, "[{{ '{0.__class__}{0.__init__}'.format(messages) }}]")
     m = nemocpu.load(path, threads=1, n_ctx=64)
     assert render_chat(m, [{"role": "user", "content": "hi"}]) == "[]"
+
+
+def test_generate_prompt_longer_than_context(model):
+    with pytest.raises(ValueError, match="context holds 32"):
+        model.generate(list(range(3, 40)), max_tokens=4)
+
+
+@pytest.mark.xfail(strict=True, reason="gap reported to the chat helper: generate() treats a negative "
+                                       "max_tokens as 0 instead of refusing it")
+def test_generate_refuses_negative_max_tokens(model):
+    with pytest.raises((ValueError, NemocpuError)):
+        model.generate("hello", max_tokens=-5)
