@@ -9,6 +9,8 @@ ends, before the generation prompt.
 
 from __future__ import annotations
 
+import numbers
+
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -175,6 +177,8 @@ class Generation:
     def __init__(self, model, cache: PrefixCache, prompt_ids: list[int], sampler: Sampler, *,
                  max_tokens: int | None, stop: list[str] | None, stop_token_ids, reasoning: bool,
                  parse_reasoning: bool, thinking_budget: int | None, boundaries=(), tools=None):
+        if max_tokens is not None and (not isinstance(max_tokens, numbers.Integral) or max_tokens < 0):
+            raise ValueError(f"max_tokens must be a non-negative integer or None, got {max_tokens!r}")
         self.model, self.cache, self.prompt_ids, self.sampler = model, cache, list(prompt_ids), sampler
         self.max_tokens, self.stop, self.stop_ids = max_tokens, stop, set(stop_token_ids)
         self.reasoning, self.parse_reasoning = reasoning, parse_reasoning

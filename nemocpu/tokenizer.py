@@ -98,13 +98,19 @@ def _spm_merges(tokens: list[str], scores: list[float], types: list[int]) -> lis
 
 
 def _json_key(kv: dict, name: str, path):
+    """A ``nemocpu.tokenizer.hf.*`` JSON value: an object (or null), a list for added_tokens."""
     raw = kv.get(HF_KEY_PREFIX + name)
     if raw is None:
         return None, False
     try:
-        return json.loads(raw), True
+        value = json.loads(raw)
     except (TypeError, ValueError) as e:
         raise ModelFileError(path, f"metadata key {HF_KEY_PREFIX + name!r} is not valid JSON: {e}") from None
+    expected = list if name == "added_tokens" else dict
+    if value is not None and not isinstance(value, expected):
+        raise ModelFileError(path, f"metadata key {HF_KEY_PREFIX + name!r} must hold a JSON "
+                                   f"{'array' if expected is list else 'object'}, not {type(value).__name__}")
+    return value, True
 
 
 # ------------------------------------------------------------------------------------

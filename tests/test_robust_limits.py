@@ -156,8 +156,6 @@ def test_generate_prompt_longer_than_context(model):
         model.generate(list(range(3, 40)), max_tokens=4)
 
 
-@pytest.mark.xfail(strict=True, reason="gap reported to the chat helper: generate() treats a negative "
-                                       "max_tokens as 0 instead of refusing it")
 def test_generate_refuses_negative_max_tokens(model):
     with pytest.raises((ValueError, NemocpuError)):
         model.generate("hello", max_tokens=-5)
