@@ -10,7 +10,6 @@ ends, before the generation prompt.
 from __future__ import annotations
 
 import numbers
-
 import time
 from dataclasses import dataclass, field
 from typing import Iterator
