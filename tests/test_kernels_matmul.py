@@ -139,3 +139,23 @@ def test_matmul_rejects_bad_input():
         core.ops.matmul(np.zeros(32, np.uint8), 24, 32, 1, np.zeros((1, 32), np.float32))  # FP8, no scale
     with pytest.raises(ValueError):
         core.ops.matmul(raw, 8, 32, 1, np.zeros((1, 32), np.float32), variant="sse9")
+
+
+@settings(max_examples=30, deadline=None)
+@given(K=st.sampled_from([32, 33, 63, 64, 100, 2688]), rows=st.integers(1, 6), seed=st.integers(0, 2**31))
+def test_fp8_decode_every_code(K, rows, seed):
+    """Decode (one token) with FP8 weights, the 32-codes-per-step path and its tail: every
+    finite E4M3 code (subnormals, both zeros, the largest 448) against float64."""
+    import ml_dtypes
+
+    rng = np.random.default_rng(seed)
+    finite = np.array([c for c in range(256) if c & 0x7f != 0x7f], dtype=np.uint8)
+    codes = np.resize(rng.permutation(finite), rows * K).reshape(rows, K)
+    deq = codes.view(ml_dtypes.float8_e4m3fn).astype(np.float64)
+    scale = rng.uniform(0.5, 2, rows).astype(np.float32)
+    x = rng.normal(0, 1, (1, K)).astype(np.float32)
+    ref = (x.astype(np.float64) @ deq.T) * scale
+    bound = (np.abs(x.astype(np.float64)) @ np.abs(deq).T) * scale
+    for v in VARIANTS:
+        y = core.ops.matmul(codes.reshape(-1), GGML_TYPE["FP8"], K, rows, x, scale=scale, variant=v)
+        check(y, ref, bound, 4 * K * 2**-24 + 2**-23)
