@@ -14,6 +14,9 @@
 #include <asm/hwcap.h>
 #include <sys/auxv.h>
 #define NEMOCPU_ARM64 1
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#define NEMOCPU_ARM64_APPLE 1
 #endif
 
 namespace nemocpu {
@@ -63,6 +66,17 @@ std::map<std::string, bool> detect() {
   f["fphp"] = hw & HWCAP_FPHP;
   f["asimdhp"] = hw & HWCAP_ASIMDHP;
   f["asimddp"] = hw & HWCAP_ASIMDDP;
+#elif defined(NEMOCPU_ARM64_APPLE)
+  // macOS has no hwcaps: it reports ARM features through sysctl (every Apple Silicon chip has
+  // FP16 and DotProd, but ask rather than assume).
+  auto has = [](const char* name) {
+    int v = 0;
+    size_t n = sizeof v;
+    return sysctlbyname(name, &v, &n, nullptr, 0) == 0 && v != 0;
+  };
+  f["asimd"] = true;  // Advanced SIMD is mandatory on arm64
+  f["fphp"] = f["asimdhp"] = has("hw.optional.arm.FEAT_FP16") || has("hw.optional.neon_fp16");
+  f["asimddp"] = has("hw.optional.arm.FEAT_DotProd");
 #endif
   return f;
 }
