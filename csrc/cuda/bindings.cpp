@@ -8,6 +8,7 @@
 
 #include <stdexcept>
 
+#include "bindings/py_convert.h"
 #include "cuda/engine.h"
 
 namespace py = pybind11;
@@ -36,51 +37,13 @@ TensorView view_of(const std::string& name, const py::object& data) {
     v.nbytes = shape[0];
     return v;
   }
-  py::buffer buf = py::reinterpret_borrow<py::object>(data);
-  py::buffer_info info = buf.request();
-  if (info.ndim != 1 || info.itemsize != 1 || (info.shape[0] > 1 && info.strides[0] != 1))
-    throw std::invalid_argument("tensor '" + name + "': data must be a contiguous 1-D uint8 array");
-  v.data = (const uint8_t*)info.ptr;
-  v.nbytes = info.shape[0];
-  return v;
-}
-
-TensorMap tensors_of(const py::dict& d, py::list& keep_alive) {
-  TensorMap out;
-  for (auto item : d) {
-    const std::string name = py::str(item.first);
-    py::tuple tup;
-    try {
-      tup = item.second.cast<py::tuple>();
-    } catch (const py::cast_error&) {
-      throw std::invalid_argument("tensor '" + name + "': expected a (data, ggml_type, ne) tuple");
-    }
-    if (tup.size() != 3) throw std::invalid_argument("tensor '" + name + "': expected (data, ggml_type, ne)");
-    TensorView v = view_of(name, tup[0]);
-    v.type = tup[1].cast<int>();
-    v.ne = tup[2].cast<std::vector<int64_t>>();
-    out[name] = v;
-    keep_alive.append(tup[0]);
-  }
-  return out;
+  return host_bytes(name, data);
 }
 
 py::array_t<float> eval(PyCudaEngine& self, CudaState& st, const py::object& tokens, bool all_logits) {
-  py::array arr = py::array::ensure(tokens);
-  if (!arr) throw std::invalid_argument("tokens must be a 1-D integer array");
-  const char kind = arr.dtype().kind();
-  if ((kind != 'i' && kind != 'u') || arr.ndim() != 1) throw std::invalid_argument("tokens must be a 1-D integer array");
-  auto ids64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(arr);
-  const int64_t T = ids64.shape(0);
   const int64_t n_vocab = self.eng->hparams().n_vocab;
-  std::vector<int32_t> ids(T);
-  for (int64_t t = 0; t < T; ++t) {
-    const int64_t id = ids64.at(t);
-    if (id < 0 || id >= n_vocab)
-      throw std::invalid_argument("token id " + std::to_string(id) + " at position " + std::to_string(t) +
-                                  " is out of range [0, " + std::to_string(n_vocab) + ")");
-    ids[t] = (int32_t)id;
-  }
+  const std::vector<int32_t> ids = token_ids(tokens, n_vocab);
+  const int64_t T = (int64_t)ids.size();
   py::array_t<float> logits({all_logits ? T : (int64_t)1, n_vocab});
   float* out = logits.mutable_data();
   {
@@ -88,12 +51,6 @@ py::array_t<float> eval(PyCudaEngine& self, CudaState& st, const py::object& tok
     self.eng->eval(st, ids.data(), T, all_logits, out);
   }
   return logits;
-}
-
-int kv_type_of(const std::string& s) {
-  if (s == "f16") return GGML_F16;
-  if (s == "f32") return GGML_F32;
-  throw std::invalid_argument("kv_type must be 'f16' or 'f32', got '" + s + "'");
 }
 
 }  // namespace
@@ -115,7 +72,7 @@ void register_cuda(py::module_& m, HParams (*hparams_from_dict)(const py::dict&)
                                          double dt_floor, int device) {
              auto self = std::make_unique<PyCudaEngine>();
              HParams hp = hparams_from_dict(hparams);
-             TensorMap tm = tensors_of(tensors, self->keep_alive);
+             TensorMap tm = tensors_from_dict(tensors, self->keep_alive, view_of);
              {
                py::gil_scoped_release release;
                self->eng = std::make_unique<CudaEngine>(hp, tm, dt_floor, device);

@@ -61,19 +61,9 @@ std::unique_ptr<State> Engine::new_state(int64_t n_ctx, int kv_type) const {
 }
 
 void Engine::eval(State& st, const int32_t* tokens, int64_t T, bool all_logits, float* logits) {
-  if (T <= 0) throw std::invalid_argument("eval needs at least one token");
-  if (!(st.layout() == StateLayout::of(hp_, st.n_ctx(), st.layout().kv_type)))
-    throw std::invalid_argument("state was made by another engine");
-  for (int64_t t = 0; t < T; ++t)
-    if (tokens[t] < 0 || tokens[t] >= hp_.n_vocab)
-      throw std::invalid_argument("token id " + std::to_string(tokens[t]) + " at position " + std::to_string(t) +
-                                  " is out of range [0, " + std::to_string(hp_.n_vocab) + ")");
-  if (st.n_past() + T > st.n_ctx())
-    throw std::invalid_argument("context overflow: n_past " + std::to_string(st.n_past()) + " + " +
-                                std::to_string(T) + " tokens > n_ctx " + std::to_string(st.n_ctx()));
+  check_eval_request(hp_, st.layout(), st.n_past(), st.n_ctx(), tokens, T);
   std::lock_guard<std::mutex> lk(eval_mu_);
-  // transformers clamps dt only in its chunked (prefill) path: a fresh sequence or T > 1.
-  const bool clamp_dt = dt_floor_ > 0.0f && (st.n_past() == 0 || T > 1);
+  const bool clamp_dt = dt_clamp_applies(dt_floor_, st.n_past(), T);
   st.reserve_tokens(st.n_past() + T);
   for (int64_t t0 = 0; t0 < T; t0 += kMaxUbatch) {
     const int64_t n = std::min(kMaxUbatch, T - t0);

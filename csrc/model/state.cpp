@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <stdexcept>
+#include <string>
 
 namespace nemocpu {
 
@@ -88,6 +89,20 @@ void State::reset() {
   for (auto& c : conv_) std::fill(c.begin(), c.end(), 0.0f);
   for (auto& s : ssm_) std::fill(s.begin(), s.end(), 0.0f);
   n_past_ = 0;  // KV rows beyond n_past are never read
+}
+
+void check_eval_request(const HParams& hp, const StateLayout& layout, int64_t n_past, int64_t n_ctx,
+                        const int32_t* tokens, int64_t T) {
+  if (T <= 0) throw std::invalid_argument("eval needs at least one token");
+  if (!(layout == StateLayout::of(hp, n_ctx, layout.kv_type)))
+    throw std::invalid_argument("state was made by another engine");
+  for (int64_t t = 0; t < T; ++t)
+    if (tokens[t] < 0 || tokens[t] >= hp.n_vocab)
+      throw std::invalid_argument("token id " + std::to_string(tokens[t]) + " at position " + std::to_string(t) +
+                                  " is out of range [0, " + std::to_string(hp.n_vocab) + ")");
+  if (n_past + T > n_ctx)
+    throw std::invalid_argument("context overflow: n_past " + std::to_string(n_past) + " + " + std::to_string(T) +
+                                " tokens > n_ctx " + std::to_string(n_ctx));
 }
 
 }  // namespace nemocpu

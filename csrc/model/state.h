@@ -51,4 +51,15 @@ class State {
   std::vector<std::vector<uint8_t>> k_, v_;
 };
 
+// What every engine (CPU and CUDA) checks before an eval touches a state, with the same
+// messages: the state fits this model, token ids are in range, the tokens fit in n_ctx.
+// Throws std::invalid_argument.
+void check_eval_request(const HParams& hp, const StateLayout& layout, int64_t n_past, int64_t n_ctx,
+                        const int32_t* tokens, int64_t T);
+
+// transformers clamps dt only in its chunked (prefill) path: a fresh sequence or T > 1.
+inline bool dt_clamp_applies(float dt_floor, int64_t n_past, int64_t T) {
+  return dt_floor > 0.0f && (n_past == 0 || T > 1);
+}
+
 }  // namespace nemocpu
