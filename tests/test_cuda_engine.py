@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 
 import nemocpu._core as core
+from helpers.engine_cases import CONFIGS as CPU_CONFIGS
+from helpers.engine_cases import IDS, greedy_continuation, rel_err
 from oracle import OracleState, forward, random_gguf_tensors, tiny_hparams
 
 pytestmark = pytest.mark.skipif(not hasattr(core, "CudaEngine") or not core.cuda_devices(),
@@ -22,14 +24,8 @@ pytestmark = pytest.mark.skipif(not hasattr(core, "CudaEngine") or not core.cuda
 
 TOL = 1e-4
 TOL_GEMM = 1e-3
-IDS = np.array([1, 5, 7, 9, 11, 3, 2, 50, 60, 61, 4], np.int32)
 CONFIGS = {
-    "moe": dict(layer_kinds="MEM*EME*M"),
-    "dense": dict(layer_kinds="M-M*-"),
-    "moe-groups": dict(layer_kinds="ME*E", n_expert=8, n_expert_used=2, expert_group_count=4,
-                       expert_group_used_count=2, n_ff_shexp=0, n_expert_shared=0),
-    "mqa-4groups": dict(layer_kinds="*M*E", n_head=6, n_head_kv=1, head_dim=8, ssm_n_head=8,
-                        ssm_n_group=4, ssm_d_state=8, ssm_conv_kernel=3),
+    **CPU_CONFIGS,
     # the trained tiny model's shapes (vocab 4096, 32 experts top-4, d_state 64, head_dim 64)
     "tiny-dims": dict(layer_kinds="MEMEM*EM*E", n_vocab=4096, n_embd=256, n_head=4, n_head_kv=2, head_dim=64,
                       ssm_n_head=8, ssm_head_dim=64, ssm_d_state=64, ssm_n_group=2, n_expert=32,
@@ -38,11 +34,6 @@ CONFIGS = {
     "nano-heads": dict(layer_kinds="M*E", n_embd=96, n_head=32, n_head_kv=2, head_dim=128, ssm_n_head=4,
                        ssm_head_dim=16, ssm_d_state=128, ssm_n_group=2),
 }
-
-
-def rel_err(a, ref):
-    a, ref = np.atleast_2d(np.asarray(a, np.float64)), np.atleast_2d(ref)
-    return float(np.max(np.abs(a - ref).max(axis=1) / np.abs(ref).max(axis=1)))
 
 
 def build(cfg, wtype="F32", seed=0, dt_floor=0.0):
@@ -225,14 +216,7 @@ def test_tiny_model_greedy_matches_reference(tiny_gguf, tiny_reference, outtype)
     for p in tiny_reference["prompts"]:
         prompt, want = p["prompt_token_ids"], p["greedy_token_ids"]
         st = eng.new_state(len(prompt) + max_new + 8, "f16")
-        logits = eng.eval(st, np.asarray(prompt, np.int32))[0]
-        out = []
-        while len(out) < max_new:
-            tok = int(np.argmax(logits))
-            out.append(tok)
-            if tok in STOP_IDS:
-                break
-            logits = eng.eval(st, np.asarray([tok], np.int32))[0]
+        out = greedy_continuation(lambda ids: eng.eval(st, ids), prompt, max_new, STOP_IDS)
         if out != want:
             mismatches.append((p["name"], out[:10], want[:10]))
     assert not mismatches, mismatches

@@ -12,23 +12,10 @@ import numpy as np
 import pytest
 
 import nemocpu._core as core
+from helpers.engine_cases import CONFIGS, IDS, rel_err
 from oracle import OracleState, forward, quantized_names, random_gguf_tensors, tiny_hparams
 
 TOL = 1e-4
-IDS = np.array([1, 5, 7, 9, 11, 3, 2, 50, 60, 61, 4], np.int32)
-
-CONFIGS = {
-    "moe": dict(layer_kinds="MEM*EME*M"),
-    "dense": dict(layer_kinds="M-M*-"),
-    "moe-groups": dict(layer_kinds="ME*E", n_expert=8, n_expert_used=2, expert_group_count=4,
-                       expert_group_used_count=2, n_ff_shexp=0, n_expert_shared=0),
-    "mqa-4groups": dict(layer_kinds="*M*E", n_head=6, n_head_kv=1, head_dim=8, ssm_n_head=8,
-                        ssm_n_group=4, ssm_d_state=8, ssm_conv_kernel=3),
-}
-
-
-def rel_err(a, ref):
-    return float(np.abs(np.asarray(a, np.float64) - ref).max() / np.abs(ref).max())
 
 
 def build(cfg, wtype="F32", seed=0, threads=2, dt_floor=0.0):

@@ -14,21 +14,13 @@ import numpy as np
 import pytest
 
 import nemocpu
+from helpers.engine_cases import greedy_continuation
 
 STOP_IDS = {2, 4}       # </s>, <|im_end|> (reference.json "stop")
 
 
 def greedy(model, prompt_ids, max_new):
-    sess = model.session()
-    logits = sess.eval(prompt_ids)[0]
-    out = []
-    while len(out) < max_new:
-        tok = int(np.argmax(logits))
-        out.append(tok)
-        if tok in STOP_IDS:
-            break
-        logits = sess.eval([tok])[0]
-    return out
+    return greedy_continuation(model.session().eval, prompt_ids, max_new, STOP_IDS)
 
 
 def agreement(model, prompt_ids, ref_ids) -> tuple[int, int]:

@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from helpers.engine_cases import rel_err  # noqa: E402
 from helpers.hf_random import make_random_checkpoint  # noqa: E402
 
 import nemocpu  # noqa: E402
@@ -31,10 +32,6 @@ CASES = {
     "dense-M-*M--g2-clamp-short": dict(pattern="M-*M-", moe=False, n_groups=2, seed=5, time_step_min=0.5),
 }
 
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    ours, ref = np.atleast_2d(ours), np.atleast_2d(ref)
-    return float(np.max(np.abs(ours - ref).max(axis=1) / np.abs(ref).max(axis=1)))
 
 
 @pytest.fixture(scope="module", params=list(CASES), ids=list(CASES))
