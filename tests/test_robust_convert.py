@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers.hf_synthetic import write_synthetic_checkpoint
+from helpers.hf_synthetic import SMALL, write_synthetic_checkpoint
 
-SMALL = dict(pattern="M*EM", hidden=64, n_expert=4, moe_ff=32, shexp_ff=64, n_head=4,
-             n_kv=2, head_dim=16, ssm_heads=4, ssm_head_dim=16, d_state=16, n_groups=2)
 
 
 @pytest.fixture(scope="module")

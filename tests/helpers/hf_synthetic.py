@@ -22,6 +22,11 @@ from .hf_random import TOKENIZER_FILES, tokenizer_source
 _KIND_TO_TYPE = {"M": "mamba", "*": "attention", "E": "moe", "-": "mlp"}
 
 
+# A small MoE checkpoint (all layer kinds, 2 SSM groups) for tests that only need *a* valid one.
+SMALL = dict(pattern="M*EM", hidden=64, n_expert=4, moe_ff=32, shexp_ff=64, n_head=4,
+             n_kv=2, head_dim=16, ssm_heads=4, ssm_head_dim=16, d_state=16, n_groups=2)
+
+
 def synthetic_config(pattern="MEM*EME", hidden=1024, n_expert=16, moe_ff=512, shexp_ff=1024,
                      n_head=8, n_kv=2, head_dim=128, ssm_heads=16, ssm_head_dim=64, d_state=64,
                      n_groups=2, vocab=4096) -> dict:
