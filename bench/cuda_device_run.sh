@@ -16,7 +16,7 @@ cmake -S . -B build/dev -G Ninja -DNEMOCPU_CUDA=ON -DCMAKE_BUILD_TYPE=Release \
   -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" -DSKBUILD_PROJECT_VERSION=0.0.0 > "$OUT/cmake.log" 2>&1 \
   || { tail -30 "$OUT/cmake.log"; exit 1; }
 ninja -C build/dev -j16 > "$OUT/build.log" 2>&1 || { grep -A5 -E "error|FAILED" "$OUT/build.log" | head -60; exit 1; }
-cp build/dev/_core*.so nemocpu/
+cp build/dev/_core*.so src/nemocpu/ && export PYTHONPATH="$PWD/src:$PYTHONPATH"
 echo "build: $(( $(date +%s) - t0 )) s"
 export PYTHONUNBUFFERED=1
 if [ "$what" != bench ]; then

@@ -11,7 +11,7 @@ from pathlib import Path
 try:
     import nemocpu  # noqa: F401
 except ImportError:  # run from a source checkout without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 from nemocpu.convert import OUTTYPES, convert  # noqa: E402
 from nemocpu.errors import NemocpuError  # noqa: E402
