@@ -59,16 +59,19 @@ def main():
     ap.add_argument("--threads", default="0", help="comma-separated thread counts (0 = all cores)")
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--prefill", type=int, default=128)
+    ap.add_argument("--layout", default="both", choices=["x8", "rows", "both"],
+                    help="Q8_0/Q4_0 weights repacked to the 8-row layout (x8), as in the file (rows), or both")
     a = ap.parse_args()
     hp = HParams(**PRESETS[a.preset])
     t0 = time.time()
     tensors, _ = random_gguf_tensors(hp, 0, a.wtype)
     print(f"{a.preset} {a.wtype}: weights made in {time.time() - t0:.1f}s", flush=True)
-    eng = core.Engine(hp.as_dict(), tensors, 1)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, hp.n_vocab, a.prefill + a.decode).astype(np.int32)
     gb = active_weights(hp) * BYTES_PER_WEIGHT[a.wtype] / 1e9
-    for threads in (int(x) for x in a.threads.split(",")):
+    layouts = ["rows", "x8"] if a.layout == "both" else [a.layout]
+    for layout, threads in ((lay, int(x)) for x in a.threads.split(",") for lay in layouts):
+        eng = core.Engine(hp.as_dict(), tensors, 1, repack=layout == "x8")
         eng.set_threads(threads)
         st = eng.new_state(a.prefill + a.decode + 8)
         eng.eval(st, ids[:8])                       # warm up
@@ -80,7 +83,7 @@ def main():
         for i in range(a.decode):
             eng.eval(st, ids[a.prefill + i:a.prefill + i + 1])
         dec = a.decode / (time.perf_counter() - t0)
-        print(f"variant {eng.variant}, threads {eng.n_threads}: prefill {pre:.1f} tok/s, decode {dec:.1f} tok/s "
+        print(f"variant {eng.variant}, {layout}, threads {eng.n_threads}: prefill {pre:.1f} tok/s, decode {dec:.1f} tok/s "
               f"({gb * 1e3:.1f} MB weights/token -> {gb * dec:.2f} GB/s)", flush=True)
 
 

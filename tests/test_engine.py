@@ -18,10 +18,11 @@ from oracle import OracleState, forward, quantized_names, random_gguf_tensors, t
 TOL = 1e-4
 
 
-def build(cfg, wtype="F32", seed=0, threads=2, dt_floor=0.0):
+def build(cfg, wtype="F32", seed=0, threads=2, dt_floor=0.0, repack=True):
     hp = tiny_hparams(**CONFIGS[cfg])
     tensors, params = random_gguf_tensors(hp, seed, wtype)
-    return hp, core.Engine(hp.as_dict(), tensors, threads, dt_floor), params, quantized_names(tensors)
+    eng = core.Engine(hp.as_dict(), tensors, threads, dt_floor, repack=repack)
+    return hp, eng, params, quantized_names(tensors)
 
 
 @pytest.mark.parametrize("cfg", sorted(CONFIGS))
@@ -39,10 +40,12 @@ def test_f32_prefill_and_decode_match_oracle(cfg, kv):
     assert st.n_past == len(IDS)
 
 
-@pytest.mark.parametrize("wtype", ["F16", "BF16", "Q8_0", "Q4_0", "FP8"])
+@pytest.mark.parametrize("wtype", ["F16", "BF16", "Q8_0", "Q4_0", "FP8", "Q8_0-rows", "Q4_0-rows"])
 @pytest.mark.parametrize("cfg", ["moe", "dense"])
 def test_weight_types_match_oracle(cfg, wtype):
-    hp, eng, P, aq = build(cfg, wtype, seed=1)
+    """Q8_0/Q4_0 run repacked to the 8-row layout by default; "-rows" keeps the file's layout."""
+    wtype, _, layout = wtype.partition("-")
+    hp, eng, P, aq = build(cfg, wtype, seed=1, repack=layout != "rows")
     ref = forward(P, hp, IDS, act_quant=aq)
     st = eng.new_state(32, "f32")
     assert rel_err(eng.eval(st, IDS, all_logits=True), ref) <= TOL
@@ -177,3 +180,20 @@ def test_every_variant_runs_the_engine():
         out = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent)], capture_output=True,
                              text=True, env={**os.environ, "NEMOCPU_ISA": v}, check=True).stdout.split()
         assert out[0] == v and float(out[1]) <= TOL, out
+
+
+@pytest.mark.parametrize("wtype", ["Q8_0", "Q4_0", "F16"])
+def test_repack_is_counted_in_the_memory_report(wtype):
+    """The X8 copies are heap memory the report must show; what stays read in place is 'mapped'."""
+    hp = tiny_hparams(**CONFIGS["moe"])
+    tensors, _ = random_gguf_tensors(hp, 0, wtype)
+    packed = core.Engine(hp.as_dict(), tensors, 1).memory_report()
+    plain = core.Engine(hp.as_dict(), tensors, 1, repack=False).memory_report()
+    assert plain["weights_repacked_bytes"] == 0
+    if wtype == "F16":   # nothing to repack
+        assert packed == plain
+        return
+    # every matrix but the embedding moves; x8 pads rows to a multiple of 8, so >= what left the map
+    moved = plain["weights_mapped_bytes"] - packed["weights_mapped_bytes"]
+    assert moved > 0 and packed["weights_repacked_bytes"] >= moved
+    assert packed["weights_repacked_bytes"] < moved * 1.5

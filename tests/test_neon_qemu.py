@@ -36,9 +36,13 @@ def _sources():
     return sorted((ROOT / "csrc" / "kernels").glob("*.cpp"))
 
 
+# baseline (not per-variant) code the harness links: the engine's load-time repack
+SHARED_SOURCES = [ROOT / "csrc" / "model" / "repack.cpp"]
+
+
 def _digest() -> str:
     h = hashlib.sha256(repr((CXXFLAGS[:2], VARIANT_FLAGS)).encode())
-    files = [HARNESS, *_sources(), *sorted((ROOT / "csrc" / "kernels").glob("*.h")),
+    files = [HARNESS, *_sources(), *SHARED_SOURCES, ROOT / "csrc" / "model" / "repack.h", *sorted((ROOT / "csrc" / "kernels").glob("*.h")),
              *sorted((ROOT / "csrc" / "include").rglob("*.h"))]
     for f in files:
         h.update(f.name.encode() + f.read_bytes())
@@ -77,7 +81,8 @@ def _build(out: Path) -> Path:
         for cmd, r in zip(jobs, pool.map(compile_one, jobs)):
             assert r.returncode == 0, f"aarch64 compile failed: {' '.join(cmd)}\n{r.stderr[-4000:]}"
     objs = sorted(str(p) for p in tmp.glob("*.o"))
-    r = subprocess.run([CXX, *CXXFLAGS, "-static", str(HARNESS), *objs, "-o", str(tmp / "kernel_check")],
+    r = subprocess.run([CXX, *CXXFLAGS, "-static", str(HARNESS), *map(str, SHARED_SOURCES), *objs,
+                        "-o", str(tmp / "kernel_check")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, f"aarch64 link failed:\n{r.stderr[-4000:]}"
     if out.exists():    # a concurrent run published the same build first

@@ -104,14 +104,22 @@ PYBIND11_MODULE(_core, m) {
       .def("reset", &State::reset);
 
   py::class_<PyEngine>(m, "Engine")
-      .def(py::init([](const py::dict& hparams, const py::dict& tensors, int n_threads, double dt_floor) {
+      .def(py::init([](const py::dict& hparams, const py::dict& tensors, int n_threads, double dt_floor,
+                       bool repack, bool release_mapped) {
              auto self = std::make_unique<PyEngine>();
              HParams hp = hparams_from_dict(hparams);
              TensorMap tm = tensors_from_dict(tensors, self->keep_alive, host_bytes);
-             self->eng = std::make_unique<Engine>(hp, tm, n_threads, dt_floor);
+             EngineOptions opt;
+             opt.repack = repack;
+             opt.release_mapped = release_mapped;
+             py::gil_scoped_release release;  // repacking a large model takes a while
+             self->eng = std::make_unique<Engine>(hp, tm, n_threads, dt_floor, opt);
              return self;
            }),
-           py::arg("hparams"), py::arg("tensors"), py::arg("n_threads") = 0, py::arg("dt_floor") = 0.0)
+           py::arg("hparams"), py::arg("tensors"), py::arg("n_threads") = 0, py::arg("dt_floor") = 0.0,
+           py::arg("repack") = true, py::arg("release_mapped") = false,
+           "repack: Q8_0/Q4_0 matrices to the 8-row interleaved layout (a counted heap copy); "
+           "release_mapped: the tensors are views of a read-only file mapping whose pages may be dropped")
       .def_property_readonly("n_vocab", [](PyEngine& e) { return e.eng->hparams().n_vocab; })
       .def_property_readonly("variant", [](PyEngine& e) { return std::string(e.eng->kernels().variant); })
       .def_property_readonly("n_threads", [](PyEngine& e) { return e.eng->n_threads(); })

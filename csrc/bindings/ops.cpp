@@ -4,12 +4,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 #include <vector>
 
 #include "cpu/dispatch.h"
 #include "model/router.h"
+#include "model/repack.h"
 #include "model/weights.h"
 
 namespace py = pybind11;
@@ -58,12 +61,30 @@ WeightMatrix weight_matrix(const U8Array& w, int type, int64_t K, int64_t rows, 
   return m;
 }
 
+// layout "x8": the engine's load-time repack of m into `packed`, which m then views.
+void apply_layout(WeightMatrix& m, const std::string& layout, std::vector<uint8_t>& packed) {
+  if (layout == "rows") return;
+  need(layout == "x8", "layout must be 'rows' or 'x8'");
+  need(x8_supported(m.type), "the x8 layout is for Q8_0 and Q4_0");
+  packed.resize(x8_matrix_bytes(m.type, m.rows, m.K));
+  repack_x8_groups(m.type, m.data, m.rows, m.K, 0, (m.rows + X8_ROWS - 1) / X8_ROWS, packed.data());
+  m.data = packed.data();
+  m.layout = LAYOUT_X8;
+}
+
 py::array_t<float> matmul(const U8Array& w, int type, int64_t K, int64_t rows, const F32Array& x,
-                          const py::object& scale, const py::object& variant, bool reference) {
+                          const py::object& scale, const py::object& variant, bool reference,
+                          const std::string& layout, int64_t r0, int64_t r1) {
   const KernelTable& kt = table(variant);
   need(x.ndim() == 2 && x.shape(1) == K, "x must be [T, K]");
   F32Array sk;
-  const WeightMatrix m = weight_matrix(w, type, K, rows, scale, sk);
+  WeightMatrix m = weight_matrix(w, type, K, rows, scale, sk);
+  std::vector<uint8_t> packed;
+  apply_layout(m, layout, packed);
+  if (r1 < 0) r1 = rows;
+  need(0 <= r0 && r0 <= r1 && r1 <= rows, "need 0 <= r0 <= r1 <= rows");
+  need(m.layout != LAYOUT_X8 || (r0 % X8_ROWS == 0 && (r1 % X8_ROWS == 0 || r1 == rows)),
+       "x8 row ranges start at a multiple of 8 and end at one or at rows");
   const int64_t T = x.shape(0);
   Activations a;
   a.x = x.data();
@@ -77,7 +98,8 @@ py::array_t<float> matmul(const U8Array& w, int type, int64_t K, int64_t rows, c
     a.ldq = K / QK;
   }
   py::array_t<float> y({T, rows});
-  (reference ? kt.matmul_ref : kt.matmul)(m, 0, rows, a, y.mutable_data(), rows);
+  std::fill(y.mutable_data(), y.mutable_data() + T * rows, std::nanf(""));  // rows outside [r0, r1) stay NaN
+  (reference ? kt.matmul_ref : kt.matmul)(m, r0, r1, a, y.mutable_data(), rows);
   return y;
 }
 
@@ -96,9 +118,11 @@ py::tuple quantize_q8_0(const F32Array& x, const py::object& variant) {
 }
 
 py::array_t<float> dequantize(const U8Array& w, int type, int64_t K, int64_t rows, const py::object& scale,
-                              const py::object& variant) {
+                              const py::object& variant, const std::string& layout) {
   F32Array sk;
-  const WeightMatrix m = weight_matrix(w, type, K, rows, scale, sk);
+  WeightMatrix m = weight_matrix(w, type, K, rows, scale, sk);
+  std::vector<uint8_t> packed;
+  apply_layout(m, layout, packed);
   py::array_t<float> out({rows, K});
   for (int64_t r = 0; r < rows; ++r) table(variant).dequant_row(m, r, out.mutable_data() + r * K);
   return out;
@@ -248,11 +272,13 @@ py::tuple route(const F32Array& logits, const py::object& bias, int k, int n_gro
 void register_ops(py::module_& m) {
   const auto V = py::arg("variant") = py::none();
   m.def("matmul", &matmul, py::arg("w"), py::arg("type"), py::arg("K"), py::arg("rows"), py::arg("x"),
-        py::arg("scale") = py::none(), V, py::arg("reference") = false,
-        "y[T, rows] = x[T, K] @ W.T with W the raw bytes of a [rows, K] matrix of ggml `type`");
+        py::arg("scale") = py::none(), V, py::arg("reference") = false, py::arg("layout") = "rows",
+        py::arg("r0") = 0, py::arg("r1") = -1,
+        "y[T, rows] = x[T, K] @ W.T with W the raw bytes of a [rows, K] matrix of ggml `type`; "
+        "layout 'x8' repacks W first (Q8_0/Q4_0); only rows [r0, r1) are computed (others NaN)");
   m.def("quantize_q8_0", &quantize_q8_0, py::arg("x"), V, "activation quantization -> (d [nb], qs [nb, 32])");
   m.def("dequantize", &dequantize, py::arg("w"), py::arg("type"), py::arg("K"), py::arg("rows"),
-        py::arg("scale") = py::none(), V);
+        py::arg("scale") = py::none(), V, py::arg("layout") = "rows");
   m.def("rmsnorm", &rmsnorm, py::arg("x"), py::arg("w"), py::arg("eps"), V);
   m.def("gated_rmsnorm", &gated_rmsnorm, py::arg("y"), py::arg("z"), py::arg("w"), py::arg("group"),
         py::arg("eps"), V);

@@ -362,7 +362,13 @@ void matmul_quant(const WeightMatrix& w, int64_t r0, int64_t r1, const Activatio
 
 }  // namespace
 
+// The 8-row interleaved layout of Q8_0 / Q4_0 (csrc/kernels/matmul_x8.cpp).
+void matmul_x8(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy);
+void matmul_x8_ref(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy);
+void dequant_row_x8(const WeightMatrix& w, int64_t r, float* out);
+
 void matmul(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy) {
+  if (w.layout == LAYOUT_X8) return matmul_x8(w, r0, r1, a, y, ldy);  // matmul_x8.cpp
   switch (w.type) {
     case GGML_F32: matmul_float<GGML_F32>(w, r0, r1, a, y, ldy); break;
     case GGML_F16: matmul_float<GGML_F16>(w, r0, r1, a, y, ldy); break;
@@ -409,18 +415,29 @@ void quantize_q8(const float* x, int64_t n, BlockQ8Act* out) {
     const __m256i p = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23),
                                                   _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256((__m256i*)out[b].qs, p);
+    const __m256i s4 = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(s4), _mm256_extracti128_si256(s4, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    out[b].sum = _mm_cvtsi128_si32(s);
 #else
     float amax = 0.0f;
     for (int i = 0; i < QK; ++i) amax = fabsf(xb[i]) > amax ? fabsf(xb[i]) : amax;
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     out[b].d = d;
-    for (int i = 0; i < QK; ++i) out[b].qs[i] = (int8_t)roundf(xb[i] * id);
+    int32_t sum = 0;
+    for (int i = 0; i < QK; ++i) {
+      out[b].qs[i] = (int8_t)roundf(xb[i] * id);
+      sum += out[b].qs[i];
+    }
+    out[b].sum = sum;
 #endif
   }
 }
 
 void dequant_row(const WeightMatrix& w, int64_t r, float* out) {
+  if (w.layout == LAYOUT_X8) return dequant_row_x8(w, r, out);
   const uint8_t* row = w.data + r * w.row_bytes;
   switch (w.type) {
     case GGML_F32: memcpy(out, row, (size_t)w.K * 4); break;
@@ -452,6 +469,7 @@ void dequant_row(const WeightMatrix& w, int64_t r, float* out) {
 
 // The references, exported for the kernel tests (core.ops.matmul_ref).
 void matmul_ref(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy) {
+  if (w.layout == LAYOUT_X8) return matmul_x8_ref(w, r0, r1, a, y, ldy);
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w.data + r * w.row_bytes;
     for (int64_t t = 0; t < a.T; ++t) {

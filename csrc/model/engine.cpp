@@ -2,10 +2,18 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <stdexcept>
 
 #include "cpu/dispatch.h"
+#include "model/repack.h"
+
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 namespace nemocpu {
 
@@ -18,7 +26,8 @@ constexpr int64_t kMinChunkWork = 1 << 16;
 int64_t weight_bytes(const Weight& w) { return w.row_bytes * w.rows * w.n_mat; }
 }  // namespace
 
-Engine::Engine(const HParams& hp, const TensorMap& tensors, int n_threads, double dt_floor)
+Engine::Engine(const HParams& hp, const TensorMap& tensors, int n_threads, double dt_floor,
+               const EngineOptions& options)
     : hp_(hp), w_(bind_weights(hp, tensors)), kt_(active_kernels()),
       pool_(std::make_unique<ThreadPool>(n_threads)), dt_floor_((float)dt_floor) {
   if (!(dt_floor >= 0.0) || !std::isfinite(dt_floor)) throw std::invalid_argument("dt_floor must be >= 0");
@@ -33,6 +42,48 @@ Engine::Engine(const HParams& hp, const TensorMap& tensors, int n_threads, doubl
     mamba_index_.push_back(k == 'M' ? nm++ : -1);
     attn_index_.push_back(k == '*' ? na++ : -1);
   }
+  if (options.repack) repack_weights(options.release_mapped);
+}
+
+void Engine::FreeDeleter::operator()(uint8_t* p) const { std::free(p); }
+
+void Engine::repack_weights(bool release_mapped) {
+  auto repack = [&](Weight& w, bool may_release) {
+    if (!w.data || !x8_supported(w.type) || w.layout == LAYOUT_X8) return;
+    const int64_t per_mat = x8_matrix_bytes(w.type, w.rows, w.K), total = per_mat * w.n_mat;
+    // 64-byte aligned: superblocks never straddle more cache lines than they must
+    uint8_t* dst = static_cast<uint8_t*>(std::aligned_alloc(64, (total + 63) / 64 * 64));
+    if (!dst) throw std::bad_alloc();
+    repacked_.emplace_back(dst);
+    const int64_t groups = (w.rows + X8_ROWS - 1) / X8_ROWS;
+    const uint8_t* src = w.data;
+    const Weight orig = w;
+    pool_->parallel_for(groups * w.n_mat, [&](int64_t u0, int64_t u1) {
+      for (int64_t u = u0; u < u1;) {  // units = (matrix, group); a chunk may span matrices
+        const int64_t m = u / groups, g0 = u % groups, g1 = std::min(groups, g0 + (u1 - u));
+        repack_x8_groups(orig.type, src + m * orig.mat_bytes, orig.rows, orig.K, g0, g1, dst + m * per_mat);
+        u += g1 - g0;
+      }
+    }, 16);
+#if defined(__unix__) || defined(__APPLE__)
+    if (release_mapped && may_release) {  // whole pages inside the tensor only
+      const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+      const uintptr_t a = ((uintptr_t)src + page - 1) / page * page;
+      const uintptr_t b = ((uintptr_t)src + orig.mat_bytes * orig.n_mat) / page * page;
+      if (b > a) madvise((void*)a, b - a, MADV_DONTNEED);
+    }
+#endif
+    w.data = dst;
+    w.layout = LAYOUT_X8;
+    w.mat_bytes = per_mat;
+    repacked_bytes_ += total;
+  };
+  for (Layer& L : w_.layers)
+    for (Weight* w : {&L.ssm_in, &L.ssm_out, &L.wq, &L.wk, &L.wv, &L.wo, &L.up_exps, &L.down_exps,
+                      &L.up_shexp, &L.down_shexp, &L.ffn_up, &L.ffn_down})
+      repack(*w, true);
+  // a tied lm_head shares its bytes with the embedding, which keeps reading the file's rows
+  repack(w_.output, w_.output.data != w_.token_embd.data);
 }
 
 void Engine::set_threads(int n) {
@@ -41,16 +92,17 @@ void Engine::set_threads(int n) {
 }
 
 std::map<std::string, int64_t> Engine::memory_report() const {
+  // bytes the kernels read in place from the file (repacked matrices count in repacked_bytes_)
   int64_t mapped = weight_bytes(w_.token_embd) + 4 * hp_.n_embd;
-  if (w_.output.data != w_.token_embd.data) mapped += weight_bytes(w_.output);
+  if (w_.output.data != w_.token_embd.data && w_.output.layout == LAYOUT_ROWS) mapped += weight_bytes(w_.output);
   for (const Layer& L : w_.layers) {
     for (const Weight* w : {&L.ssm_in, &L.ssm_out, &L.wq, &L.wk, &L.wv, &L.wo, &L.up_exps, &L.down_exps,
                             &L.up_shexp, &L.down_shexp, &L.ffn_up, &L.ffn_down})
-      if (w->data) mapped += weight_bytes(*w);
+      if (w->data && w->layout == LAYOUT_ROWS) mapped += weight_bytes(*w);
   }
   return {{"weights_mapped_bytes", mapped},
-          {"weights_copied_bytes", 0},   // every kernel reads the file's layout in place
-          {"weights_repacked_bytes", 0},
+          {"weights_copied_bytes", 0},   // no kernel needs the file's bytes copied as they are
+          {"weights_repacked_bytes", repacked_bytes_},
           {"scratch_bytes", (int64_t)(qbuf_.capacity() * sizeof(BlockQ8Act))}};
 }
 
@@ -101,21 +153,27 @@ Activations Engine::activations(const Weight& w, const float* x, int64_t ldx, in
 }
 
 void Engine::run(const std::vector<MatJob>& jobs) {
-  std::vector<int64_t> start(jobs.size() + 1, 0);  // first global row of each job
+  // Work is handed out in units of 8 rows (the last unit of a job may be short), so a chunk
+  // never splits a group of an X8 matrix.
+  constexpr int64_t U = X8_ROWS;
+  std::vector<int64_t> start(jobs.size() + 1, 0);  // first global unit of each job
   int64_t work = 0;
   for (size_t j = 0; j < jobs.size(); ++j) {
-    start[j + 1] = start[j] + jobs[j].w.rows;
+    start[j + 1] = start[j] + (jobs[j].w.rows + U - 1) / U;
     work += jobs[j].w.rows * jobs[j].w.K * jobs[j].a.T;
   }
   if (start.back() == 0) return;
-  const int64_t per_row = std::max<int64_t>(1, work / start.back());
-  const int64_t grain = std::clamp<int64_t>(kMinChunkWork / per_row, 4, 256);
-  pool_->parallel_for(start.back(), [&](int64_t r0, int64_t r1) {
-    size_t j = std::upper_bound(start.begin(), start.end(), r0) - start.begin() - 1;
-    for (; r0 < r1; ++j) {
-      const int64_t e = std::min(r1, start[j + 1]);
-      if (e > r0) kt_.matmul(jobs[j].w, r0 - start[j], e - start[j], jobs[j].a, jobs[j].y, jobs[j].ldy);
-      r0 = std::max(r0, e);
+  const int64_t per_unit = std::max<int64_t>(1, work / start.back());
+  const int64_t grain = std::clamp<int64_t>(kMinChunkWork / per_unit, 1, 32);
+  pool_->parallel_for(start.back(), [&](int64_t u0, int64_t u1) {
+    size_t j = std::upper_bound(start.begin(), start.end(), u0) - start.begin() - 1;
+    for (; u0 < u1; ++j) {
+      const int64_t e = std::min(u1, start[j + 1]);
+      if (e > u0) {
+        const MatJob& job = jobs[j];
+        kt_.matmul(job.w, (u0 - start[j]) * U, std::min(job.w.rows, (e - start[j]) * U), job.a, job.y, job.ldy);
+      }
+      u0 = std::max(u0, e);
     }
   }, grain);
 }

@@ -18,11 +18,23 @@
 
 namespace nemocpu {
 
+struct EngineOptions {
+  // Repack Q8_0 / Q4_0 matrices into the 8-row interleaved layout at load (model/repack.h):
+  // a heap copy of those weights (memory_report()["weights_repacked_bytes"]) that the matmul
+  // kernels stream ~2x faster than the file's row-major blocks.
+  bool repack = true;
+  // The tensors are views of a read-only file mapping: after repacking a tensor, drop its
+  // mapped pages from this process (madvise DONTNEED; they stay in the page cache), so the
+  // resident set holds one copy of the weights. Never set it for heap-backed tensors.
+  bool release_mapped = false;
+};
+
 class Engine {
  public:
   // dt_floor: Mamba dt lower clamp applied only in "prefill" evals (n_past == 0 or T > 1),
   // as transformers 5.23 does; 0 = no clamp (NVIDIA / vLLM semantics).
-  Engine(const HParams& hp, const TensorMap& tensors, int n_threads, double dt_floor);
+  Engine(const HParams& hp, const TensorMap& tensors, int n_threads, double dt_floor,
+         const EngineOptions& options = {});
 
   const HParams& hparams() const { return hp_; }
   const KernelTable& kernels() const { return kt_; }
@@ -56,6 +68,8 @@ class Engine {
   // y[t, :] = W_m . x[t, :] for T rows.
   void linear(const Weight& w, int64_t m, const float* x, int64_t ldx, int64_t T, float* y, int64_t ldy);
   void rmsnorm_rows(const float* x, const float* w, int64_t T, float* out);
+  // Every Q8_0 / Q4_0 matrix the matmuls read -> LAYOUT_X8 copies in repacked_.
+  void repack_weights(bool release_mapped);
 
   HParams hp_;
   ModelWeights w_;
@@ -66,6 +80,9 @@ class Engine {
   std::vector<int> mamba_index_, attn_index_;  // layer -> state slot
   std::mutex eval_mu_;                         // one eval at a time per engine
   std::vector<BlockQ8Act> qbuf_;               // activation blocks for linear()
+  struct FreeDeleter { void operator()(uint8_t* p) const; };
+  std::vector<std::unique_ptr<uint8_t, FreeDeleter>> repacked_;  // owners of the X8 copies
+  int64_t repacked_bytes_ = 0;
 };
 
 }  // namespace nemocpu

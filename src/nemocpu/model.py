@@ -29,13 +29,17 @@ def default_threads() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def load(path=None, threads=None, n_ctx=4096, kv_type="f16", dt_floor=0.0, device="cpu") -> "Model":
+def load(path=None, threads=None, n_ctx=4096, kv_type="f16", dt_floor=0.0, device="cpu",
+         repack=None) -> "Model":
     """Load a Nemotron-H GGUF (``path=None``: the embedded tiny demo model).
 
     threads: worker threads (default: the CPUs this process may use); n_ctx: context length
     of new sessions; kv_type: "f16" or "f32" attention cache; dt_floor: Mamba dt lower clamp
     applied only in prefill, to mirror transformers (0.0 = NVIDIA/vLLM semantics);
-    device: "cpu", or "cuda" / "cuda:N" with a core built with NEMOCPU_CUDA (docs/cuda.md)."""
+    device: "cpu", or "cuda" / "cuda:N" with a core built with NEMOCPU_CUDA (docs/cuda.md);
+    repack (CPU): repack Q8_0/Q4_0 matrices at load into the 8-row interleaved layout the
+    kernels run fastest on (default True, or NEMOCPU_REPACK=0 to read the file's layout in place);
+    the file's pages of repacked tensors are released, so memory holds one copy of the weights."""
     if path is None:
         from .data import default_model_path
         path = default_model_path()
@@ -53,8 +57,14 @@ def load(path=None, threads=None, n_ctx=4096, kv_type="f16", dt_floor=0.0, devic
     except NemocpuError:
         mf.gguf.close()
         raise
+    options = {}
+    if device == "cpu":
+        if repack is None:
+            repack = os.environ.get("NEMOCPU_REPACK", "1") != "0"
+        # the tensors are views of the file's read-only mapping (gguf_file.py)
+        options = dict(repack=bool(repack), release_mapped=True)
     try:
-        engine = make_engine(mf.hparams.as_dict(), mf.tensors, threads, float(dt_floor))
+        engine = make_engine(mf.hparams.as_dict(), mf.tensors, threads, float(dt_floor), **options)
     except ValueError as e:  # the engine's own checks: still a problem with this file
         mf.gguf.close()
         raise GGUFError(mf.path, str(e)) from None

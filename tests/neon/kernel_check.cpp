@@ -7,6 +7,7 @@
 // matmul also against the variant's own scalar spec (matmul_ref) and the generic table.
 // Tolerances are those of tests/test_kernels_*.py (see the comment at each check).
 // Prints "N passed, M failed"; exits 1 on any failure.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -14,6 +15,7 @@
 #include <random>
 #include <vector>
 
+#include "model/repack.h"
 #include "nemocpu/kernels.h"
 
 #ifndef HARNESS_SIMD
@@ -84,9 +86,11 @@ static void quantize_spec(const float* x, int64_t n, std::vector<BlockQ8Act>& ou
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     out[b].d = d;
+    out[b].sum = 0;
     for (int i = 0; i < QK; ++i) {
       const double v = (double)(float)(x[b * QK + i] * id);
       out[b].qs[i] = (int8_t)((v < 0 ? -1 : 1) * std::floor(std::fabs(v) + 0.5));
+      out[b].sum += out[b].qs[i];
     }
   }
 }
@@ -154,13 +158,20 @@ static void make_weights(int type, int64_t rows, int64_t K, std::vector<uint8_t>
   }
 }
 
+// x8: the weights repacked to the 8-row interleaved layout (model/repack.cpp), as the engine
+// does at load; its row ranges start at a multiple of 8 and end at one or at rows.
 static void check_matmul(const KernelTable& simd, const KernelTable& gen, int type, int64_t K, int64_t rows,
-                         int64_t T, double rel_override) {
+                         int64_t T, double rel_override, bool x8 = false) {
   std::vector<uint8_t> raw;
   std::vector<double> deq;
   std::vector<float> scale;
   int64_t row_bytes = 0;
   make_weights(type, rows, K, raw, deq, scale, row_bytes);
+  if (x8) {
+    std::vector<uint8_t> packed(x8_matrix_bytes(type, rows, K));
+    repack_x8_groups(type, raw.data(), rows, K, 0, (rows + X8_ROWS - 1) / X8_ROWS, packed.data());
+    raw.swap(packed);
+  }
   const bool quant = type == GGML_Q8_0 || type == GGML_Q4_0;
   const int64_t ldx = K + irange(0, 3);  // strided activations
   std::vector<float> x(T * ldx);
@@ -177,6 +188,7 @@ static void check_matmul(const KernelTable& simd, const KernelTable& gen, int ty
   }
   WeightMatrix w;
   w.data = raw.data(); w.type = type; w.K = K; w.rows = rows; w.row_bytes = row_bytes;
+  w.layout = x8 ? LAYOUT_X8 : LAYOUT_ROWS;
   w.scale = scale.empty() ? nullptr : scale.data(); w.scale_stride = 1;
   Activations a;
   a.x = x.data(); a.ldx = ldx; a.q = quant ? q.data() : nullptr; a.ldq = K / QK; a.T = T;
@@ -186,7 +198,12 @@ static void check_matmul(const KernelTable& simd, const KernelTable& gen, int ty
                      : quant ? 4.0 * (K / QK + 8) * std::ldexp(1.0, -24)
                              : 4.0 * K * std::ldexp(1.0, -24) + std::ldexp(1.0, -23);
   // a row subrange [r0, r1) with a padded output stride, as the thread pool calls it
-  const int64_t r0 = irange(0, rows - 1), r1 = irange(r0 + 1, rows), ldy = rows + 1;
+  int64_t r0 = irange(0, rows - 1), r1 = irange(r0 + 1, rows);
+  if (x8) {
+    r0 = r0 / X8_ROWS * X8_ROWS;
+    r1 = std::min(rows, (r1 + X8_ROWS - 1) / X8_ROWS * X8_ROWS);
+  }
+  const int64_t ldy = rows + 1;
   std::vector<float> ys(T * ldy, NAN), yr(T * ldy, NAN), yg(T * ldy, NAN);
   simd.matmul(w, r0, r1, a, ys.data(), ldy);
   simd.matmul_ref(w, r0, r1, a, yr.data(), ldy);
@@ -218,8 +235,8 @@ static void check_matmul(const KernelTable& simd, const KernelTable& gen, int ty
     }
   }
   char what[160];
-  std::snprintf(what, sizeof what, "matmul %s K=%lld rows=%lld T=%lld [%lld,%lld) (simd %.3g ref %.3g generic %.3g)",
-                type_name(type), (long long)K, (long long)rows, (long long)T, (long long)r0, (long long)r1,
+  std::snprintf(what, sizeof what, "matmul %s%s K=%lld rows=%lld T=%lld [%lld,%lld) (simd %.3g ref %.3g generic %.3g)",
+                type_name(type), x8 ? " x8" : "", (long long)K, (long long)rows, (long long)T, (long long)r0, (long long)r1,
                 worst_s, worst_r, worst_g);
   report(ok, what, err_at, tol_at);
   std::snprintf(what, sizeof what, "matmul %s writes outside its row range", type_name(type));
@@ -237,6 +254,10 @@ static void check_matmul_family(const KernelTable& s, const KernelTable& g) {
     }
     check_matmul(s, g, type, 2688, 5, 9, std::ldexp(1.0, -16));   // Nano's n_embd, tile + tail
     check_matmul(s, g, type, quant ? 2688 : 2689, 3, 1, std::ldexp(1.0, -16));  // decode
+    if (!quant) continue;
+    for (int i = 0; i < 40; ++i) check_matmul(s, g, type, quant_k[irange(0, 4)], irange(1, 45), irange(1, 11), 0, true);
+    check_matmul(s, g, type, 2688, 21, 9, std::ldexp(1.0, -16), true);
+    check_matmul(s, g, type, 2688, 16, 1, std::ldexp(1.0, -16), true);
   }
 }
 
@@ -291,7 +312,7 @@ static void check_quantize(const KernelTable& s) {
     s.quantize_q8(x.data(), n, got.data());
     bool ok = true;
     for (int64_t b = 0; b < nb; ++b) {
-      ok = ok && want[b].d == got[b].d;
+      ok = ok && want[b].d == got[b].d && want[b].sum == got[b].sum;
       for (int j = 0; j < QK; ++j) ok = ok && want[b].qs[j] == got[b].qs[j];
     }
     report(ok, "quantize_q8 bit-exact", 0, 0);

@@ -11,8 +11,10 @@ namespace nemocpu {
 
 // One [rows, K] weight matrix in its on-disk encoding (a view; never owned).
 struct WeightMatrix {
-  const uint8_t* data = nullptr;   // row r starts at data + r * row_bytes
+  const uint8_t* data = nullptr;   // LAYOUT_ROWS: row r starts at data + r * row_bytes
   int type = GGML_F32;
+  int layout = LAYOUT_ROWS;        // LAYOUT_X8 (Q8_0/Q4_0 only): group g of 8 rows at
+                                   // data + g * 8 * row_bytes (ggml_types.h)
   int64_t K = 0;                   // input features (ggml ne0)
   int64_t rows = 0;                // output features (ggml ne1)
   int64_t row_bytes = 0;
@@ -55,7 +57,8 @@ struct AttnArgs {
 struct KernelTable {
   const char* variant = nullptr;  // "generic", "avx2", ...
 
-  // y[t*ldy + r] = W[r,:] . x[t,:] for r in [r0, r1), t in [0, T)
+  // y[t*ldy + r] = W[r,:] . x[t,:] for r in [r0, r1), t in [0, T).
+  // LAYOUT_X8 matrices: r0 % 8 == 0 and (r1 % 8 == 0 or r1 == rows).
   void (*matmul)(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a,
                  float* y, int64_t ldy) = nullptr;
   // the scalar reference of matmul (the spec; tests compare the two)

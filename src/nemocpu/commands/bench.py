@@ -29,6 +29,8 @@ def register(sub) -> None:
     p.add_argument("-r", "--reps", type=int, default=3, help="timed repetitions (default 3)")
     p.add_argument("--kv-type", choices=("f16", "f32"), default="f16")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N (needs a NEMOCPU_CUDA build; docs/cuda.md)")
+    p.add_argument("--no-repack", action="store_true",
+                   help="read Q8_0/Q4_0 weights in the file's layout instead of repacking them at load")
     p.add_argument("--seed", type=int, default=0, help="seed of the random token ids")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=main)
@@ -84,7 +86,10 @@ def run(args) -> dict:
     if args.n_prompt == 0 and args.n_gen == 0:
         raise NemocpuError("nothing to measure: -p and -n are both 0")
     n_ctx = args.depth + max(args.n_prompt, args.n_gen)
-    model = nemocpu.load(args.model, threads=args.threads, n_ctx=n_ctx, kv_type=args.kv_type, device=args.device)
+    t_load = time.perf_counter()
+    model = nemocpu.load(args.model, threads=args.threads, n_ctx=n_ctx, kv_type=args.kv_type, device=args.device,
+                         repack=None if args.device != "cpu" else not getattr(args, "no_repack", False))
+    load_s = time.perf_counter() - t_load
     hp = model.config
     rng = np.random.default_rng(args.seed)
     depth_ids = rng.integers(0, model.n_vocab, args.depth).astype(np.int32)
@@ -126,7 +131,8 @@ def run(args) -> dict:
         "prefill_tps": next((t["tps"] for t in tests if t["test"].startswith("pp")), None),
         "decode_tps": next((t["tps"] for t in tests if t["test"].startswith("tg")), None),
         "bytes_per_token": weights + state, "weight_bytes_per_token": weights, "state_bytes_per_token": state,
-        "peak_rss_bytes": _peak_rss_bytes(),
+        "peak_rss_bytes": _peak_rss_bytes(), "load_seconds": load_s,
+        "weights_repacked_bytes": model.memory_report().get("weights_repacked_bytes", 0),
     }
     out["decode_gbs"] = out["decode_tps"] * out["bytes_per_token"] / 1e9 if out["decode_tps"] else None
     return out
