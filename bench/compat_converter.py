@@ -71,7 +71,7 @@ def run_llamacpp(hf_dir: Path, outtype: str, out: Path, pre: str) -> None:
 
 
 def run_nemocpu(hf_dir: Path, outtype: str, out: Path) -> None:
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "src"))
     from nemocpu.convert import convert
 
     convert(hf_dir, out, outtype=outtype, progress=False)

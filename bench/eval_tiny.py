@@ -128,5 +128,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(REPO / "src"))
     sys.exit(main())

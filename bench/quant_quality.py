@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "src"))
 SHARED = REPO.parent / "shared" / "models"
 CACHE = REPO / "bench" / "cache" / "quant_quality"
 STOP_IDS = {2, 4}
