@@ -2,18 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
-#include <new>
 #include <stdexcept>
 
 #include "cpu/dispatch.h"
-#include "model/repack.h"
-
-#if defined(__unix__) || defined(__APPLE__)
-#include <sys/mman.h>
-#include <unistd.h>
-#endif
 
 namespace nemocpu {
 
@@ -45,19 +37,31 @@ Engine::Engine(const HParams& hp, const TensorMap& tensors, int n_threads, doubl
   if (options.repack) repack_weights(options.release_mapped);
 }
 
-void Engine::FreeDeleter::operator()(uint8_t* p) const { std::free(p); }
-
 void Engine::repack_weights(bool release_mapped) {
-  auto repack = [&](Weight& w, bool may_release) {
-    if (!w.data || !x8_supported(w.type) || w.layout == LAYOUT_X8) return;
-    const int64_t per_mat = x8_matrix_bytes(w.type, w.rows, w.K), total = per_mat * w.n_mat;
-    // 64-byte aligned: superblocks never straddle more cache lines than they must
-    uint8_t* dst = static_cast<uint8_t*>(std::aligned_alloc(64, (total + 63) / 64 * 64));
-    if (!dst) throw std::bad_alloc();
-    repacked_.emplace_back(dst);
-    const int64_t groups = (w.rows + X8_ROWS - 1) / X8_ROWS;
+  std::vector<Weight*> todo;
+  for (Layer& L : w_.layers)
+    for (Weight* w : {&L.ssm_in, &L.ssm_out, &L.wq, &L.wk, &L.wv, &L.wo, &L.up_exps, &L.down_exps,
+                      &L.up_shexp, &L.down_shexp, &L.ffn_up, &L.ffn_down})
+      todo.push_back(w);
+  todo.push_back(&w_.output);
+  std::vector<int64_t> offset;  // of each matrix stack in the arena, 64-byte aligned
+  int64_t total = 0;
+  for (Weight* w : todo) {
+    offset.push_back(total);
+    if (w->data && x8_supported(w->type)) total += (x8_matrix_bytes(w->type, w->rows, w->K) * w->n_mat + 63) / 64 * 64;
+  }
+  if (total == 0) return;
+  repacked_ = WeightArena(total);
+  for (size_t i = 0; i < todo.size(); ++i) {
+    Weight& w = *todo[i];
+    if (!w.data || !x8_supported(w.type)) continue;
+    const int64_t per_mat = x8_matrix_bytes(w.type, w.rows, w.K), groups = (w.rows + X8_ROWS - 1) / X8_ROWS;
     const uint8_t* src = w.data;
+    uint8_t* dst = repacked_.data() + offset[i];
     const Weight orig = w;
+    pool_->parallel_for(w.n_mat, [&](int64_t m0, int64_t m1) {
+      prefault_read(src + m0 * orig.mat_bytes, (m1 - m0) * orig.mat_bytes);
+    }, 1);
     pool_->parallel_for(groups * w.n_mat, [&](int64_t u0, int64_t u1) {
       for (int64_t u = u0; u < u1;) {  // units = (matrix, group); a chunk may span matrices
         const int64_t m = u / groups, g0 = u % groups, g1 = std::min(groups, g0 + (u1 - u));
@@ -65,25 +69,14 @@ void Engine::repack_weights(bool release_mapped) {
         u += g1 - g0;
       }
     }, 16);
-#if defined(__unix__) || defined(__APPLE__)
-    if (release_mapped && may_release) {  // whole pages inside the tensor only
-      const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-      const uintptr_t a = ((uintptr_t)src + page - 1) / page * page;
-      const uintptr_t b = ((uintptr_t)src + orig.mat_bytes * orig.n_mat) / page * page;
-      if (b > a) madvise((void*)a, b - a, MADV_DONTNEED);
-    }
-#endif
+    // a tied lm_head shares its bytes with the embedding, which keeps reading the file's rows
+    if (release_mapped && !(&w == &w_.output && w.data == w_.token_embd.data))
+      release_file_pages(src, orig.mat_bytes * orig.n_mat);
     w.data = dst;
     w.layout = LAYOUT_X8;
     w.mat_bytes = per_mat;
-    repacked_bytes_ += total;
-  };
-  for (Layer& L : w_.layers)
-    for (Weight* w : {&L.ssm_in, &L.ssm_out, &L.wq, &L.wk, &L.wv, &L.wo, &L.up_exps, &L.down_exps,
-                      &L.up_shexp, &L.down_shexp, &L.ffn_up, &L.ffn_down})
-      repack(*w, true);
-  // a tied lm_head shares its bytes with the embedding, which keeps reading the file's rows
-  repack(w_.output, w_.output.data != w_.token_embd.data);
+    repacked_bytes_ += per_mat * w.n_mat;
+  }
 }
 
 void Engine::set_threads(int n) {

@@ -11,6 +11,7 @@
 
 #include "cpu/thread_pool.h"
 #include "model/hparams.h"
+#include "model/repack.h"
 #include "model/router.h"
 #include "model/state.h"
 #include "model/weights.h"
@@ -80,8 +81,7 @@ class Engine {
   std::vector<int> mamba_index_, attn_index_;  // layer -> state slot
   std::mutex eval_mu_;                         // one eval at a time per engine
   std::vector<BlockQ8Act> qbuf_;               // activation blocks for linear()
-  struct FreeDeleter { void operator()(uint8_t* p) const; };
-  std::vector<std::unique_ptr<uint8_t, FreeDeleter>> repacked_;  // owners of the X8 copies
+  WeightArena repacked_;                        // owner of the X8 copies
   int64_t repacked_bytes_ = 0;
 };
 
