@@ -24,6 +24,16 @@ namespace NEMOCPU_VARIANT {
 namespace {
 
 constexpr int R8 = X8_ROWS;
+
+// The token and chunk loops must be unrolled: only then do the NT accumulators live in
+// registers (GCC otherwise keeps the arrays on the stack and the tile runs at half speed).
+#if defined(__clang__)
+#define NEMOCPU_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define NEMOCPU_UNROLL _Pragma("GCC unroll 8")
+#else
+#define NEMOCPU_UNROLL
+#endif
 constexpr int TILE_T = 4;  // tokens per register tile (prefill)
 
 inline int64_t superblock_bytes(int type) {
@@ -53,6 +63,7 @@ template <int TYPE, int NT>
 void group_tile(const uint8_t* g, int64_t nb, const BlockQ8Act* const* xs, float* out) {
   constexpr int64_t SB = TYPE == GGML_Q8_0 ? R8 * 34 : R8 * 18;
   __m256 acc[NT];
+  NEMOCPU_UNROLL
   for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
   const __m256i ones16 = _mm256_set1_epi16(1);
   for (int64_t b = 0; b < nb; ++b) {
@@ -63,11 +74,14 @@ void group_tile(const uint8_t* g, int64_t nb, const BlockQ8Act* const* xs, float
     if (TYPE == GGML_Q4_0) {
       const __m256i m4 = _mm256_set1_epi8(0x0f);
       __m256i p[NT];
+      NEMOCPU_UNROLL
       for (int t = 0; t < NT; ++t) p[t] = _mm256_setzero_si256();
+      NEMOCPU_UNROLL
       for (int c = 0; c < 4; ++c) {
         const __m256i w = _mm256_loadu_si256((const __m256i*)(qs + 32 * c));
         const __m256i lo = _mm256_and_si256(w, m4);
         const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m4);
+        NEMOCPU_UNROLL
         for (int t = 0; t < NT; ++t) {
           const __m256i xl = _mm256_set1_epi32(load_i32(xs[t][b].qs + 4 * c));
           const __m256i xh = _mm256_set1_epi32(load_i32(xs[t][b].qs + 16 + 4 * c));
@@ -78,6 +92,7 @@ void group_tile(const uint8_t* g, int64_t nb, const BlockQ8Act* const* xs, float
 #endif
         }
       }
+      NEMOCPU_UNROLL
       for (int t = 0; t < NT; ++t) {
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
         const __m256i dot = p[t];
@@ -87,10 +102,13 @@ void group_tile(const uint8_t* g, int64_t nb, const BlockQ8Act* const* xs, float
         isum[t] = _mm256_sub_epi32(dot, _mm256_set1_epi32(8 * xs[t][b].sum));
       }
     } else {
+      NEMOCPU_UNROLL
       for (int t = 0; t < NT; ++t) isum[t] = _mm256_setzero_si256();
+      NEMOCPU_UNROLL
       for (int c = 0; c < 8; ++c) {
         const __m256i w = _mm256_loadu_si256((const __m256i*)(qs + 32 * c));
         const __m256i aw = _mm256_sign_epi8(w, w);
+        NEMOCPU_UNROLL
         for (int t = 0; t < NT; ++t) {
           const __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(load_i32(xs[t][b].qs + 4 * c)), w);
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
@@ -101,9 +119,11 @@ void group_tile(const uint8_t* g, int64_t nb, const BlockQ8Act* const* xs, float
         }
       }
     }
+    NEMOCPU_UNROLL
     for (int t = 0; t < NT; ++t)
       acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum[t]), _mm256_mul_ps(dw, _mm256_set1_ps(xs[t][b].d)), acc[t]);
   }
+  NEMOCPU_UNROLL
   for (int t = 0; t < NT; ++t) _mm256_storeu_ps(out + t * R8, acc[t]);
 }
 #else
@@ -171,26 +191,33 @@ void group_tile(const uint8_t* g, int64_t nb, const BlockQ8Act* const* xs, float
 }
 #endif
 
+// Tokens are taken in blocks of TOKEN_BLOCK so that a block's activation blocks (32 x 40 B per
+// 32 columns: ~107 KB at K = 2688) stay in L2 while every group of the row range streams past
+// them; each group's superblocks (8 rows x K: ~12 KB for Q4_0) stay in L1 across the block's tiles.
+constexpr int64_t TOKEN_BLOCK = 32;
+
 template <int TYPE>
 void matmul_x8_typed(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy) {
   const int64_t nb = w.K / QK, group_bytes = R8 * w.row_bytes;
   float out[TILE_T * R8];
-  for (int64_t g = r0 / R8; g * R8 < r1; ++g) {
-    const uint8_t* gp = w.data + g * group_bytes;
-    const int64_t n = k_min(R8, r1 - g * R8);  // rows of this group that exist (last group may be partial)
-    int64_t t = 0;
-    for (; t < a.T; t += TILE_T) {
-      const int64_t nt = k_min(TILE_T, a.T - t);
-      const BlockQ8Act* xs[TILE_T];
-      for (int64_t i = 0; i < nt; ++i) xs[i] = a.q + (t + i) * a.ldq;
-      switch (nt) {
-        case 4: group_tile<TYPE, 4>(gp, nb, xs, out); break;
-        case 3: group_tile<TYPE, 3>(gp, nb, xs, out); break;
-        case 2: group_tile<TYPE, 2>(gp, nb, xs, out); break;
-        default: group_tile<TYPE, 1>(gp, nb, xs, out); break;
+  for (int64_t tb = 0; tb < a.T; tb += TOKEN_BLOCK) {
+    const int64_t t_end = k_min(a.T, tb + TOKEN_BLOCK);
+    for (int64_t g = r0 / R8; g * R8 < r1; ++g) {
+      const uint8_t* gp = w.data + g * group_bytes;
+      const int64_t n = k_min(R8, r1 - g * R8);  // rows of this group that exist (the last may be partial)
+      for (int64_t t = tb; t < t_end; t += TILE_T) {
+        const int64_t nt = k_min(TILE_T, t_end - t);
+        const BlockQ8Act* xs[TILE_T];
+        for (int64_t i = 0; i < nt; ++i) xs[i] = a.q + (t + i) * a.ldq;
+        switch (nt) {
+          case 4: group_tile<TYPE, 4>(gp, nb, xs, out); break;
+          case 3: group_tile<TYPE, 3>(gp, nb, xs, out); break;
+          case 2: group_tile<TYPE, 2>(gp, nb, xs, out); break;
+          default: group_tile<TYPE, 1>(gp, nb, xs, out); break;
+        }
+        for (int64_t i = 0; i < nt; ++i)
+          for (int64_t j = 0; j < n; ++j) y[(t + i) * ldy + g * R8 + j] = out[i * R8 + j];
       }
-      for (int64_t i = 0; i < nt; ++i)
-        for (int64_t j = 0; j < n; ++j) y[(t + i) * ldy + g * R8 + j] = out[i * R8 + j];
     }
   }
 }
