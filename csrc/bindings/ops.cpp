@@ -74,8 +74,9 @@ void apply_layout(WeightMatrix& m, const std::string& layout, std::vector<uint8_
 
 py::array_t<float> matmul(const U8Array& w, int type, int64_t K, int64_t rows, const F32Array& x,
                           const py::object& scale, const py::object& variant, bool reference,
-                          const std::string& layout, int64_t r0, int64_t r1) {
+                          const std::string& layout, int64_t r0, int64_t r1, int repeat) {
   const KernelTable& kt = table(variant);
+  need(repeat >= 1, "repeat must be >= 1");
   need(x.ndim() == 2 && x.shape(1) == K, "x must be [T, K]");
   F32Array sk;
   WeightMatrix m = weight_matrix(w, type, K, rows, scale, sk);
@@ -99,7 +100,10 @@ py::array_t<float> matmul(const U8Array& w, int type, int64_t K, int64_t rows, c
   }
   py::array_t<float> y({T, rows});
   std::fill(y.mutable_data(), y.mutable_data() + T * rows, std::nanf(""));  // rows outside [r0, r1) stay NaN
-  (reference ? kt.matmul_ref : kt.matmul)(m, r0, r1, a, y.mutable_data(), rows);
+  {
+    py::gil_scoped_release release;
+    for (int i = 0; i < repeat; ++i) (reference ? kt.matmul_ref : kt.matmul)(m, r0, r1, a, y.mutable_data(), rows);
+  }
   return y;
 }
 
@@ -273,9 +277,10 @@ void register_ops(py::module_& m) {
   const auto V = py::arg("variant") = py::none();
   m.def("matmul", &matmul, py::arg("w"), py::arg("type"), py::arg("K"), py::arg("rows"), py::arg("x"),
         py::arg("scale") = py::none(), V, py::arg("reference") = false, py::arg("layout") = "rows",
-        py::arg("r0") = 0, py::arg("r1") = -1,
+        py::arg("r0") = 0, py::arg("r1") = -1, py::arg("repeat") = 1,
         "y[T, rows] = x[T, K] @ W.T with W the raw bytes of a [rows, K] matrix of ggml `type`; "
-        "layout 'x8' repacks W first (Q8_0/Q4_0); only rows [r0, r1) are computed (others NaN)");
+        "layout 'x8' repacks W first (Q8_0/Q4_0); only rows [r0, r1) are computed (others NaN); "
+        "repeat: run the kernel that many times (kernel benchmarks: bench/x8_kernels.py)");
   m.def("quantize_q8_0", &quantize_q8_0, py::arg("x"), V, "activation quantization -> (d [nb], qs [nb, 32])");
   m.def("dequantize", &dequantize, py::arg("w"), py::arg("type"), py::arg("K"), py::arg("rows"),
         py::arg("scale") = py::none(), V, py::arg("layout") = "rows");
