@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import nemocpu
+from helpers.engine_cases import greedy_continuation
 from nemocpu.data import default_model_path
 from nemocpu.errors import NemocpuError
 
@@ -185,3 +186,28 @@ def test_bad_isa_override_is_a_clear_error():
         r = _cli(*args, env=env)
         assert r.returncode == 1, r.stderr
         assert "NEMOCPU_ISA" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_repacked_and_file_layout_agree_and_the_file_stays_intact(tmp_path):
+    """load() repacks Q8_0 matrices (the embedded model is Q8_0) into the 8-row layout and
+    releases their mapped pages; load(repack=False) reads the file's rows in place. Both are
+    held to transformers elsewhere (test_model_tiny, test_engine); here: the same greedy text
+    (logits differ in the last fp32 bits, which can flip an int8 activation rounding), and the
+    released pages still read back as the file's bytes."""
+    packed = nemocpu.load(threads=2, n_ctx=64)
+    plain = nemocpu.load(threads=2, n_ctx=64, repack=False)
+    rp, rf = packed.memory_report(), plain.memory_report()
+    assert rp["weights_repacked_bytes"] > 0 and rf["weights_repacked_bytes"] == 0
+    assert rp["weights_mapped_bytes"] < rf["weights_mapped_bytes"]
+    runs = [greedy_continuation(m.session().eval, PROMPT, 24, stop_ids=set()) for m in (packed, plain)]
+    assert runs[0] == runs[1]
+    name = "blk.0.ssm_in.weight"
+    with open(packed.path, "rb") as f:
+        t = packed._file.gguf.tensors[name]
+        f.seek(t.offset)
+        assert bytes(packed._file.gguf.data(name)) == f.read(t.nbytes)
+
+
+def test_repack_can_be_turned_off_by_environment(monkeypatch):
+    monkeypatch.setenv("NEMOCPU_REPACK", "0")
+    assert nemocpu.load(threads=1, n_ctx=16).memory_report()["weights_repacked_bytes"] == 0
