@@ -112,18 +112,21 @@ PYBIND11_MODULE(_core, m) {
              EngineOptions opt;
              opt.repack = repack;
              opt.release_mapped = release_mapped;
-             py::gil_scoped_release release;  // repacking a large model takes a while
              self->eng = std::make_unique<Engine>(hp, tm, n_threads, dt_floor, opt);
              return self;
            }),
            py::arg("hparams"), py::arg("tensors"), py::arg("n_threads") = 0, py::arg("dt_floor") = 0.0,
            py::arg("repack") = true, py::arg("release_mapped") = false,
-           "repack: Q8_0/Q4_0 matrices to the 8-row interleaved layout (a counted heap copy); "
+           "repack: Q8_0/Q4_0 matrices to the 8-row interleaved layout on first use (a counted copy); "
            "release_mapped: the tensors are views of a read-only file mapping whose pages may be dropped")
       .def_property_readonly("n_vocab", [](PyEngine& e) { return e.eng->hparams().n_vocab; })
       .def_property_readonly("variant", [](PyEngine& e) { return std::string(e.eng->kernels().variant); })
       .def_property_readonly("n_threads", [](PyEngine& e) { return e.eng->n_threads(); })
       .def("memory_report", [](PyEngine& e) { return e.eng->memory_report(); })
+      .def("repack_all", [](PyEngine& e) {
+             py::gil_scoped_release release;
+             e.eng->repack_all();
+           }, "repack every Q8_0/Q4_0 matrix now (otherwise each is repacked on first use)")
       .def("set_threads", [](PyEngine& e, int n) { e.eng->set_threads(n); }, py::arg("n"))
       .def("new_state", [](PyEngine& e, int64_t n_ctx, const std::string& kv) {
              return e.eng->new_state(n_ctx, kv_type_of(kv));

@@ -34,49 +34,69 @@ Engine::Engine(const HParams& hp, const TensorMap& tensors, int n_threads, doubl
     mamba_index_.push_back(k == 'M' ? nm++ : -1);
     attn_index_.push_back(k == '*' ? na++ : -1);
   }
-  if (options.repack) repack_weights(options.release_mapped);
+  if (options.repack) plan_repack(options.release_mapped);
 }
 
-void Engine::repack_weights(bool release_mapped) {
-  std::vector<Weight*> todo;
-  for (Layer& L : w_.layers)
-    for (Weight* w : {&L.ssm_in, &L.ssm_out, &L.wq, &L.wk, &L.wv, &L.wo, &L.up_exps, &L.down_exps,
-                      &L.up_shexp, &L.down_shexp, &L.ffn_up, &L.ffn_down})
-      todo.push_back(w);
-  todo.push_back(&w_.output);
-  std::vector<int64_t> offset;  // of each matrix stack in the arena, 64-byte aligned
-  int64_t total = 0;
-  for (Weight* w : todo) {
-    offset.push_back(total);
-    if (w->data && x8_supported(w->type)) total += (x8_matrix_bytes(w->type, w->rows, w->K) * w->n_mat + 63) / 64 * 64;
-  }
+void Engine::plan_repack(bool release_mapped) {
+  std::vector<const Weight*> todo;
+  for (const Layer& L : w_.layers)
+    for (const Weight* w : {&L.ssm_in, &L.ssm_out, &L.wq, &L.wk, &L.wv, &L.wo, &L.up_exps, &L.down_exps,
+                            &L.up_shexp, &L.down_shexp, &L.ffn_up, &L.ffn_down})
+      if (w->data && x8_supported(w->type)) todo.push_back(w);
+  if (w_.output.data && x8_supported(w_.output.type)) todo.push_back(&w_.output);
+  int64_t total = 0;  // every matrix's slot, 64-byte aligned
+  for (const Weight* w : todo) total += (x8_matrix_bytes(w->type, w->rows, w->K) + 63) / 64 * 64 * w->n_mat;
   if (total == 0) return;
-  repacked_ = WeightArena(total);
-  for (size_t i = 0; i < todo.size(); ++i) {
-    Weight& w = *todo[i];
-    if (!w.data || !x8_supported(w.type)) continue;
-    const int64_t per_mat = x8_matrix_bytes(w.type, w.rows, w.K), groups = (w.rows + X8_ROWS - 1) / X8_ROWS;
-    const uint8_t* src = w.data;
-    uint8_t* dst = repacked_.data() + offset[i];
-    const Weight orig = w;
-    pool_->parallel_for(w.n_mat, [&](int64_t m0, int64_t m1) {
-      prefault_read(src + m0 * orig.mat_bytes, (m1 - m0) * orig.mat_bytes);
-    }, 1);
-    pool_->parallel_for(groups * w.n_mat, [&](int64_t u0, int64_t u1) {
-      for (int64_t u = u0; u < u1;) {  // units = (matrix, group); a chunk may span matrices
-        const int64_t m = u / groups, g0 = u % groups, g1 = std::min(groups, g0 + (u1 - u));
-        repack_x8_groups(orig.type, src + m * orig.mat_bytes, orig.rows, orig.K, g0, g1, dst + m * per_mat);
-        u += g1 - g0;
-      }
-    }, 16);
+  repacked_ = WeightArena(total);  // address space only: pages appear as matrices are repacked
+  int64_t off = 0;
+  for (const Weight* w : todo) {
     // a tied lm_head shares its bytes with the embedding, which keeps reading the file's rows
-    if (release_mapped && !(&w == &w_.output && w.data == w_.token_embd.data))
-      release_file_pages(src, orig.mat_bytes * orig.n_mat);
-    w.data = dst;
-    w.layout = LAYOUT_X8;
-    w.mat_bytes = per_mat;
-    repacked_bytes_ += per_mat * w.n_mat;
+    const bool release = release_mapped && !(w == &w_.output && w->data == w_.token_embd.data);
+    for (int64_t m = 0; m < w->n_mat; ++m) {
+      PendingRepack p;
+      p.src = w->mat(m);
+      p.dst = repacked_.data() + off;
+      p.release = release;
+      off += (x8_matrix_bytes(w->type, w->rows, w->K) + 63) / 64 * 64;
+      x8_.emplace(p.src.data, p);
+    }
   }
+}
+
+void Engine::repack(const std::vector<PendingRepack*>& todo) {
+  if (todo.empty()) return;
+  std::vector<int64_t> first(todo.size() + 1, 0);  // first (matrix, group) unit of each matrix
+  for (size_t i = 0; i < todo.size(); ++i) first[i + 1] = first[i] + (todo[i]->src.rows + X8_ROWS - 1) / X8_ROWS;
+  pool_->parallel_for(first.back(), [&](int64_t u0, int64_t u1) {
+    size_t i = std::upper_bound(first.begin(), first.end(), u0) - first.begin() - 1;
+    for (; u0 < u1; ++i) {
+      const int64_t e = std::min(u1, first[i + 1]);
+      const WeightMatrix& s = todo[i]->src;
+      const int64_t g0 = u0 - first[i], g1 = e - first[i];
+      const int64_t r0 = g0 * X8_ROWS, r1 = std::min(s.rows, g1 * X8_ROWS);
+      prefault_read(s.data + r0 * s.row_bytes, (r1 - r0) * s.row_bytes);  // one call, not a fault per page
+      repack_x8_groups(s.type, s.data, s.rows, s.K, g0, g1, todo[i]->dst);
+      u0 = e;
+    }
+  }, 64);
+  for (PendingRepack* p : todo) {
+    const int64_t src_bytes = p->src.row_bytes * p->src.rows;
+    if (p->release) release_file_pages(p->src.data, src_bytes);
+    p->done = true;
+    repacked_bytes_ += x8_matrix_bytes(p->src.type, p->src.rows, p->src.K);
+    repacked_src_bytes_ += src_bytes;
+  }
+}
+
+void Engine::repack_all() {
+  std::lock_guard<std::mutex> lk(eval_mu_);
+  std::vector<PendingRepack*> todo;
+  for (auto& kv : x8_)
+    if (!kv.second.done) todo.push_back(&kv.second);
+  // in file order, so the source is read front to back
+  std::sort(todo.begin(), todo.end(), [](auto* a, auto* b) { return a->src.data < b->src.data; });
+  for (size_t i = 0; i < todo.size(); i += 64)  // bounded batches: one parallel region each
+    repack({todo.begin() + i, todo.begin() + std::min(todo.size(), i + 64)});
 }
 
 void Engine::set_threads(int n) {
@@ -85,17 +105,18 @@ void Engine::set_threads(int n) {
 }
 
 std::map<std::string, int64_t> Engine::memory_report() const {
-  // bytes the kernels read in place from the file (repacked matrices count in repacked_bytes_)
+  // bytes the kernels read in place from the file; a repacked matrix moves to repacked_bytes_
   int64_t mapped = weight_bytes(w_.token_embd) + 4 * hp_.n_embd;
-  if (w_.output.data != w_.token_embd.data && w_.output.layout == LAYOUT_ROWS) mapped += weight_bytes(w_.output);
+  if (w_.output.data != w_.token_embd.data) mapped += weight_bytes(w_.output);
   for (const Layer& L : w_.layers) {
     for (const Weight* w : {&L.ssm_in, &L.ssm_out, &L.wq, &L.wk, &L.wv, &L.wo, &L.up_exps, &L.down_exps,
                             &L.up_shexp, &L.down_shexp, &L.ffn_up, &L.ffn_down})
-      if (w->data && w->layout == LAYOUT_ROWS) mapped += weight_bytes(*w);
+      if (w->data) mapped += weight_bytes(*w);
   }
+  mapped -= repacked_src_bytes_.load();
   return {{"weights_mapped_bytes", mapped},
           {"weights_copied_bytes", 0},   // no kernel needs the file's bytes copied as they are
-          {"weights_repacked_bytes", repacked_bytes_},
+          {"weights_repacked_bytes", repacked_bytes_.load()},
           {"scratch_bytes", (int64_t)(qbuf_.capacity() * sizeof(BlockQ8Act))}};
 }
 
@@ -145,7 +166,19 @@ Activations Engine::activations(const Weight& w, const float* x, int64_t ldx, in
   return a;
 }
 
-void Engine::run(const std::vector<MatJob>& jobs) {
+void Engine::run(std::vector<MatJob> jobs) {
+  if (!x8_.empty()) {  // first use of a matrix: repack it, then read the X8 copy
+    std::vector<PendingRepack*> todo;
+    for (MatJob& j : jobs) {
+      if (j.w.layout != LAYOUT_ROWS) continue;
+      const auto it = x8_.find(j.w.data);
+      if (it == x8_.end()) continue;
+      if (!it->second.done) todo.push_back(&it->second);
+      j.w.data = it->second.dst;
+      j.w.layout = LAYOUT_X8;
+    }
+    repack(todo);
+  }
   // Work is handed out in units of 8 rows (the last unit of a job may be short), so a chunk
   // never splits a group of an X8 matrix.
   constexpr int64_t U = X8_ROWS;

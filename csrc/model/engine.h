@@ -3,10 +3,12 @@
 // runs through the kernel table. Residual stream and all state math are fp32.
 #pragma once
 #include <cstdint>
+#include <atomic>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "cpu/thread_pool.h"
@@ -20,9 +22,11 @@
 namespace nemocpu {
 
 struct EngineOptions {
-  // Repack Q8_0 / Q4_0 matrices into the 8-row interleaved layout at load (model/repack.h):
-  // a heap copy of those weights (memory_report()["weights_repacked_bytes"]) that the matmul
-  // kernels stream ~2x faster than the file's row-major blocks.
+  // Repack Q8_0 / Q4_0 matrices into the 8-row interleaved layout (model/repack.h): a copy of
+  // those weights (memory_report()["weights_repacked_bytes"]) that the matmul kernels stream
+  // ~2-3x faster than the file's row-major blocks. Each matrix (each expert on its own) is
+  // repacked the first time a matmul needs it, or all at once by repack_all(): loading stays
+  // instant and experts a model never routes to cost no memory.
   bool repack = true;
   // The tensors are views of a read-only file mapping: after repacking a tensor, drop its
   // mapped pages from this process (madvise DONTNEED; they stay in the page cache), so the
@@ -44,6 +48,8 @@ class Engine {
   std::map<std::string, int64_t> memory_report() const;
 
   std::unique_ptr<State> new_state(int64_t n_ctx, int kv_type) const;
+  // Repacks every matrix not repacked yet (what the first evals would do piecemeal).
+  void repack_all();
   // Checks everything (std::invalid_argument) before touching the state, then runs T tokens.
   // logits: [T, n_vocab] if all_logits else [1, n_vocab] (last position).
   void eval(State& st, const int32_t* tokens, int64_t T, bool all_logits, float* logits);
@@ -65,12 +71,16 @@ class Engine {
   Activations activations(const Weight& w, const float* x, int64_t ldx, int64_t T,
                           std::vector<BlockQ8Act>& blocks);
   // All jobs in one parallel region over their concatenated output rows (one barrier).
-  void run(const std::vector<MatJob>& jobs);
+  // Matrices with a pending repack are repacked first and then read in the X8 layout.
+  void run(std::vector<MatJob> jobs);
   // y[t, :] = W_m . x[t, :] for T rows.
   void linear(const Weight& w, int64_t m, const float* x, int64_t ldx, int64_t T, float* y, int64_t ldy);
   void rmsnorm_rows(const float* x, const float* w, int64_t T, float* out);
-  // Every Q8_0 / Q4_0 matrix the matmuls read -> LAYOUT_X8 copies in repacked_.
-  void repack_weights(bool release_mapped);
+  // Every Q8_0 / Q4_0 matrix the matmuls read gets a slot in repacked_ (reserved, untouched).
+  void plan_repack(bool release_mapped);
+  struct PendingRepack;
+  // Repacks these matrices in one parallel region.
+  void repack(const std::vector<PendingRepack*>& todo);
 
   HParams hp_;
   ModelWeights w_;
@@ -81,8 +91,16 @@ class Engine {
   std::vector<int> mamba_index_, attn_index_;  // layer -> state slot
   std::mutex eval_mu_;                         // one eval at a time per engine
   std::vector<BlockQ8Act> qbuf_;               // activation blocks for linear()
-  WeightArena repacked_;                        // owner of the X8 copies
-  int64_t repacked_bytes_ = 0;
+  // One matrix in the file's layout and its slot in the X8 arena.
+  struct PendingRepack {
+    WeightMatrix src;        // the file's rows
+    uint8_t* dst = nullptr;  // its X8 copy (valid once done)
+    bool release = false;    // drop the file's pages once repacked
+    bool done = false;
+  };
+  std::unordered_map<const uint8_t*, PendingRepack> x8_;  // key: src.data
+  WeightArena repacked_;                                  // reserved address space for every X8 copy
+  std::atomic<int64_t> repacked_bytes_{0}, repacked_src_bytes_{0};
 };
 
 }  // namespace nemocpu

@@ -20,7 +20,6 @@ WeightMatrix Weight::mat(int64_t m) const {
   WeightMatrix w;
   w.data = data + m * mat_bytes;
   w.type = type;
-  w.layout = layout;
   w.K = K;
   w.rows = rows;
   w.row_bytes = row_bytes;

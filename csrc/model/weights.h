@@ -24,7 +24,6 @@ using TensorMap = std::map<std::string, TensorView>;
 struct Weight {
   const uint8_t* data = nullptr;
   int type = 0;
-  int layout = LAYOUT_ROWS;   // LAYOUT_X8 once the engine has repacked it (model/repack.h)
   int64_t K = 0, rows = 0, n_mat = 1, row_bytes = 0;
   int64_t mat_bytes = 0;      // matrix m starts at data + m * mat_bytes
   const float* scale = nullptr;  // FP8

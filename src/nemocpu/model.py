@@ -37,9 +37,10 @@ def load(path=None, threads=None, n_ctx=4096, kv_type="f16", dt_floor=0.0, devic
     of new sessions; kv_type: "f16" or "f32" attention cache; dt_floor: Mamba dt lower clamp
     applied only in prefill, to mirror transformers (0.0 = NVIDIA/vLLM semantics);
     device: "cpu", or "cuda" / "cuda:N" with a core built with NEMOCPU_CUDA (docs/cuda.md);
-    repack (CPU): repack Q8_0/Q4_0 matrices at load into the 8-row interleaved layout the
-    kernels run fastest on (default True, or NEMOCPU_REPACK=0 to read the file's layout in place);
-    the file's pages of repacked tensors are released, so memory holds one copy of the weights."""
+    repack (CPU): repack Q8_0/Q4_0 matrices into the 8-row interleaved layout the kernels run
+    fastest on, each on its first use or all by ``Model.warm_up()`` (default True; False or
+    NEMOCPU_REPACK=0 reads the file's layout in place); the file's pages of a repacked matrix are
+    released, so memory holds one copy of the weights."""
     if path is None:
         from .data import default_model_path
         path = default_model_path()
@@ -161,6 +162,14 @@ class Model:
         report = dict(self._engine.memory_report())
         report.setdefault("file_bytes", self._file.gguf.file_size)
         return report
+
+    def warm_up(self) -> None:
+        """Repack every Q8_0/Q4_0 matrix now. Otherwise each one is repacked the first time a
+        token needs it (loading stays instant; experts never routed to cost no memory), which
+        makes the first tokens slower: call this before timing anything."""
+        repack_all = getattr(self._engine, "repack_all", None)    # the CUDA engine has none
+        if repack_all is not None:
+            repack_all()
 
     def set_threads(self, n: int) -> None:
         n = _check_threads(n)
