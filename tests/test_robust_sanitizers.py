@@ -27,7 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 # kernels vs float64 references, the engine vs the oracle (every weight type, every usable variant),
 # the engine's refusals, the trained tiny model (embedded Q8_0 file) and two sessions in two threads.
 # Chosen to stay ~5 min on 2 cores: the sanitized core runs several times slower.
-DEFAULT_TESTS = ("tests/test_kernels_matmul.py tests/test_kernels_ssm.py tests/test_kernels_attention_router.py "
+DEFAULT_TESTS = ("tests/test_kernels_matmul.py tests/test_kernels_matmul_x8.py tests/test_kernels_ssm.py "
+                 "tests/test_kernels_attention_router.py "
                  "tests/test_engine.py tests/test_engine_errors.py "
                  "tests/test_model_tiny.py::test_embedded_default_model_runs "
                  "tests/test_robust_concurrency.py::test_two_sessions_in_two_threads_equal_sequential")
