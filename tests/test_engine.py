@@ -196,8 +196,11 @@ def test_repack_is_counted_in_the_memory_report(wtype):
     used = eng.memory_report()
     eng.repack_all()
     every = eng.memory_report()
-    if wtype == "F16":   # nothing to repack
-        assert used == every == before
+    # the portable (generic) kernels run the file's layout faster: that variant does not repack
+    assert eng.repacks == (wtype != "F16" and core.active_variant() != "generic")
+    if not eng.repacks:
+        weights = lambda r: {k: v for k, v in r.items() if k.startswith("weights_")}  # noqa: E731
+        assert weights(used) == weights(every) == weights(before)
         return
     assert 0 < used["weights_repacked_bytes"] < every["weights_repacked_bytes"]   # not every expert was routed to
     # every matrix but the embedding moves; x8 pads rows to a multiple of 8, so >= what left the map

@@ -195,6 +195,8 @@ def test_repacked_and_file_layout_agree_and_the_file_stays_intact(tmp_path):
     (logits differ in the last fp32 bits, which can flip an int8 activation rounding), and the
     released pages still read back as the file's bytes."""
     packed = nemocpu.load(threads=2, n_ctx=64)
+    if not packed._engine.repacks:
+        pytest.skip(f"the {packed.variant} kernels read the file's layout (no x8 kernels faster there)")
     plain = nemocpu.load(threads=2, n_ctx=64, repack=False)
     assert packed.memory_report()["weights_repacked_bytes"] == 0     # nothing is repacked before its first use
     runs = [greedy_continuation(m.session().eval, PROMPT, 24, stop_ids=set()) for m in (packed, plain)]

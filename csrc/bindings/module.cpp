@@ -123,6 +123,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("variant", [](PyEngine& e) { return std::string(e.eng->kernels().variant); })
       .def_property_readonly("n_threads", [](PyEngine& e) { return e.eng->n_threads(); })
       .def("memory_report", [](PyEngine& e) { return e.eng->memory_report(); })
+      .def_property_readonly("repacks", [](PyEngine& e) { return e.eng->repacks(); },
+                             "Q8_0/Q4_0 matrices are repacked (asked for, the variant gains from it, the file has some)")
       .def("repack_all", [](PyEngine& e) {
              py::gil_scoped_release release;
              e.eng->repack_all();

@@ -20,6 +20,9 @@ void to_f16(const float*, int64_t, uint16_t*);
 
 void fill_kernel_table(KernelTable& t) {
   t.variant = NEMOCPU_STR(NEMOCPU_VARIANT);
+#if defined(__AVX2__) || defined(__ARM_FEATURE_DOTPROD)
+  t.x8_faster = true;
+#endif
   t.matmul = matmul;
   t.matmul_ref = matmul_ref;
   t.quantize_q8 = quantize_q8;

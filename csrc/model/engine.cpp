@@ -34,7 +34,7 @@ Engine::Engine(const HParams& hp, const TensorMap& tensors, int n_threads, doubl
     mamba_index_.push_back(k == 'M' ? nm++ : -1);
     attn_index_.push_back(k == '*' ? na++ : -1);
   }
-  if (options.repack) plan_repack(options.release_mapped);
+  if (options.repack && kt_.x8_faster) plan_repack(options.release_mapped);
 }
 
 void Engine::plan_repack(bool release_mapped) {

@@ -50,6 +50,8 @@ class Engine {
   std::unique_ptr<State> new_state(int64_t n_ctx, int kv_type) const;
   // Repacks every matrix not repacked yet (what the first evals would do piecemeal).
   void repack_all();
+  // Whether Q8_0/Q4_0 matrices are repacked (asked for, and the kernel variant gains from it).
+  bool repacks() const { return !x8_.empty(); }
   // Checks everything (std::invalid_argument) before touching the state, then runs T tokens.
   // logits: [T, n_vocab] if all_logits else [1, n_vocab] (last position).
   void eval(State& st, const int32_t* tokens, int64_t T, bool all_logits, float* logits);

@@ -56,6 +56,9 @@ struct AttnArgs {
 
 struct KernelTable {
   const char* variant = nullptr;  // "generic", "avx2", ...
+  // The LAYOUT_X8 kernels beat the file-layout ones here (SIMD int8 dots: AVX2, NEON dotprod);
+  // the portable scalar build runs the file's rows faster, so the engine does not repack for it.
+  bool x8_faster = false;
 
   // y[t*ldy + r] = W[r,:] . x[t,:] for r in [r0, r1), t in [0, T).
   // LAYOUT_X8 matrices: r0 % 8 == 0 and (r1 % 8 == 0 or r1 == rows).
