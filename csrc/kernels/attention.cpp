@@ -221,14 +221,8 @@ struct Rows {  // row r = t * rep + i: head i of token t
 };
 
 // Keys [j0, j0 + n) of one kv head as fp32 rows: the cache itself (f32) or converted into buf.
-// Also asks for keys [j0 + n, next_end) (the next block): the rows of one kv head are strided
-// (the other heads sit between them), which the hardware prefetchers follow poorly.
 template <int KV>
-const float* kv_rows(const void* base, int64_t ld, int64_t j0, int64_t n, int64_t next_end, int64_t hd, float* buf,
-                     int64_t* ldb) {
-  const int64_t esz = KV == GGML_F16 ? 2 : 4;
-  for (int64_t j = j0 + n; j < next_end; ++j)
-    for (int64_t b = 0; b < hd * esz; b += 64) __builtin_prefetch((const char*)base + j * ld * esz + b);
+const float* kv_rows(const void* base, int64_t ld, int64_t j0, int64_t n, int64_t hd, float* buf, int64_t* ldb) {
   if (KV == GGML_F32) {
     *ldb = ld;
     return (const float*)base + j0 * ld;
@@ -267,9 +261,8 @@ void block(const Rows& rows, int64_t r0, int64_t r1, int64_t j0, int64_t n) {
   const AttnArgs& a = rows.a;
   float* S = a.scratch;                          // [r1 - r0, KB]
   float* buf = a.scratch + a.rep * a.n_tok * KB;  // [KB, hd]
-  const int64_t next_end = k_min(j0 + n + KB, k_min(a.k1, a.n_keys + a.n_tok - 1));
   int64_t ldk;
-  const float* k = kv_rows<KV>(a.k, a.ld, j0, n, next_end, a.hd, buf, &ldk);
+  const float* k = kv_rows<KV>(a.k, a.ld, j0, n, a.hd, buf, &ldk);
   for (int64_t r = r0; r < r1;) {
     float* Sr = S + (r - r0) * KB;
     switch (r1 - r >= 4 ? 4 : r1 - r) {
@@ -307,7 +300,7 @@ void block(const Rows& rows, int64_t r0, int64_t r1, int64_t j0, int64_t n) {
     a.l[r] += sum;
   }
   int64_t ldv;
-  const float* v = kv_rows<KV>(a.v, a.ld, j0, n, next_end, a.hd, buf, &ldv);  // K is done with buf
+  const float* v = kv_rows<KV>(a.v, a.ld, j0, n, a.hd, buf, &ldv);  // K is done with buf
   for (int64_t r = r0; r < r1;) {
     const float* Pr = S + (r - r0) * KB;
     switch (r1 - r >= 4 ? 4 : r1 - r) {
