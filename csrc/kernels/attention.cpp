@@ -30,9 +30,10 @@ constexpr int64_t KB = kAttnKeyBlock;
 // ---- exp of softmax weights ---------------------------------------------------------------
 // exp(x) for x <= 0 as Cephes' expf does it: x = n ln2 + r with |r| <= ln2 / 2 (ln2 split in
 // two so n ln2 is exact), exp(r) by a degree-7 polynomial, times 2^n; relative error <= 1.2e-7
-// (1-2 ulp; measured against double on a dense sweep of [-87.3, 0], scalar and AVX2). Branch-free, so it vectorises: libm's
-// expf per score was a third of a decode step's attention time. x < kExpLo (incl. -inf)
-// gives 0, NaN gives NaN. The AVX2 path evaluates the same steps with FMA.
+// (1-2 ulp; measured against double on a dense sweep of [-87.3, 0], scalar and AVX2).
+// Branch-free, so it vectorises: libm's expf, one call per score, took ~1/6 of the decode
+// kernel's time at 16k keys. x < kExpLo (incl. -inf) gives 0, NaN gives NaN. The AVX2 path
+// evaluates the same steps with FMA.
 constexpr float kExpLo = -87.33654f;  // exp(kExpLo) ~ FLT_MIN: the result stays a normal number
 constexpr float kLog2e = 1.44269504088896341f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
 constexpr float kExpP[6] = {1.9875691500e-4f, 1.3981999507e-3f, 8.3334519073e-3f,
@@ -220,7 +221,8 @@ struct Rows {  // row r = t * rep + i: head i of token t
   float* out(int64_t r) const { return a.out + (r / a.rep) * a.ldo + (r % a.rep) * a.hd; }
 };
 
-// Keys [j0, j0 + n) of one kv head as fp32 rows: the cache itself (f32) or converted into buf.
+// Keys [j0, j0 + n) of one kv head as fp32 rows: the cache itself (f32) or converted into buf
+// (f16): once per block for all rows, so the micro-kernels are fp32 only, in every path.
 template <int KV>
 const float* kv_rows(const void* base, int64_t ld, int64_t j0, int64_t n, int64_t hd, float* buf, int64_t* ldb) {
   if (KV == GGML_F32) {
