@@ -12,45 +12,111 @@ from oracle import route as oracle_route, tiny_hparams
 
 
 def attn_ref(q, k, v, nq, nkv, n_past):
+    """float64 causal GQA: query t sees cache positions 0..n_past+t."""
     T = q.shape[0]
     hd = q.shape[1] // nq
+    rep = nq // nkv
     o = np.zeros((T, nq * hd))
     for t in range(T):
         n = n_past + t + 1
-        for j in range(nq):
-            g = j // (nq // nkv)
-            s = k[:n, g * hd:(g + 1) * hd] @ q[t, j * hd:(j + 1) * hd] / np.sqrt(hd)
-            p = np.exp(s - s.max())
-            p /= p.sum()
-            o[t, j * hd:(j + 1) * hd] = p @ v[:n, g * hd:(g + 1) * hd]
+        for g in range(nkv):
+            qg = q[t, g * rep * hd:(g + 1) * rep * hd].reshape(rep, hd)
+            s = qg @ k[:n, g * hd:(g + 1) * hd].T / np.sqrt(hd)          # [rep, n]
+            p = np.exp(s - s.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            o[t, g * rep * hd:(g + 1) * rep * hd] = (p @ v[:n, g * hd:(g + 1) * hd]).ravel()
     return o
 
 
-@settings(max_examples=30, deadline=None)
-@given(nkv=st.integers(1, 3), rep=st.integers(1, 3), hd=st.sampled_from([1, 4, 8, 16, 24]),
-       n_past=st.integers(0, 20), T=st.integers(1, 9), f16=st.booleans(), seed=st.integers(0, 2**31))
-def test_attention_matches_reference(nkv, rep, hd, n_past, T, f16, seed):
-    rng = np.random.default_rng(seed)
+def attn_case(rng, nkv, rep, hd, n_past, T, f16):
     nq = nkv * rep
     q = rng.normal(0, 1, (T, nq * hd)).astype(np.float32)
     k = rng.normal(0, 1, (n_past + T, nkv * hd)).astype(np.float16 if f16 else np.float32)
     v = rng.normal(0, 1, (n_past + T, nkv * hd)).astype(np.float16 if f16 else np.float32)
-    ref = attn_ref(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), nq, nkv, n_past)
-    for var in VARIANTS:
-        o = core.ops.attention(q, k, v, nq, nkv, n_past, variant=var)
-        assert np.abs(o - ref).max() <= 1e-5 * (1 + np.abs(ref).max())
+    return q, k, v, attn_ref(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), nq, nkv, n_past)
 
 
-def test_attention_incremental_equals_full():
-    rng = np.random.default_rng(1)
-    nq, nkv, hd, T = 4, 2, 8, 12
-    q = rng.normal(0, 1, (T, nq * hd)).astype(np.float32)
-    k = rng.normal(0, 1, (T, nkv * hd)).astype(np.float32)
-    v = rng.normal(0, 1, (T, nkv * hd)).astype(np.float32)
+def assert_close(o, ref):
+    assert np.abs(o - ref).max() <= 1e-5 * (1 + np.abs(ref).max())
+
+
+# The kernel takes one kv head with its `rep` query heads for a tile of tokens and a key range;
+# ops.attention runs it as the engine does (tiles, split-K ranges merged by attention_merge).
+@settings(max_examples=60, deadline=None)
+@given(nkv=st.integers(1, 2), rep=st.integers(1, 16), hd=st.sampled_from([1, 4, 8, 12, 16, 24, 64, 100, 128, 256]),
+       n_keys=st.one_of(st.integers(1, 100), st.integers(100, 3000)), T=st.integers(1, 6), f16=st.booleans(), n_split=st.integers(1, 9),
+       tile=st.integers(1, 6), seed=st.integers(0, 2**31))
+def test_attention_matches_float64(nkv, rep, hd, n_keys, T, f16, n_split, tile, seed):
+    T = min(T, n_keys)
+    q, k, v, ref = attn_case(np.random.default_rng(seed), nkv, rep, hd, n_keys - T, T, f16)
     for var in VARIANTS:
-        full = core.ops.attention(q, k, v, nq, nkv, 0, variant=var)
-        steps = [core.ops.attention(q[t:t + 1], k[:t + 1], v[:t + 1], nq, nkv, t, variant=var) for t in range(T)]
+        for reference in (False, True):
+            o = core.ops.attention(q, k, v, nkv * rep, nkv, n_keys - T, n_split=n_split, tile=tile, variant=var,
+                                   reference=reference)
+            assert_close(o, ref)
+
+
+@settings(max_examples=30, deadline=None)
+@given(nkv=st.integers(1, 3), rep=st.integers(1, 3), hd=st.sampled_from([1, 4, 8, 16, 24]),
+       n_past=st.integers(0, 80), T=st.integers(1, 40), f16=st.booleans(), seed=st.integers(0, 2**31))
+def test_attention_prefill_tiles_match_float64(nkv, rep, hd, n_past, T, f16, seed):
+    """Many tokens per call: the causal triangle inside a tile and key blocks split by it."""
+    q, k, v, ref = attn_case(np.random.default_rng(seed), nkv, rep, hd, n_past, T, f16)
+    for var in VARIANTS:
+        assert_close(core.ops.attention(q, k, v, nkv * rep, nkv, n_past, variant=var), ref)
+        assert_close(core.ops.attention(q, k, v, nkv * rep, nkv, n_past, n_split=3, tile=7, variant=var), ref)
+
+
+@settings(max_examples=20, deadline=None)
+@given(rep=st.integers(1, 16), hd=st.sampled_from([8, 13, 64, 128]), n_past=st.integers(0, 200),
+       T=st.integers(2, 24), f16=st.booleans(), seed=st.integers(0, 2**31))
+def test_attention_is_the_same_bits_for_any_tile(rep, hd, n_past, T, f16, seed):
+    """Key blocks are aligned to absolute positions: prefill == token-by-token decode, bit for bit."""
+    q, k, v, _ = attn_case(np.random.default_rng(seed), 2, rep, hd, n_past, T, f16)
+    for var in VARIANTS:
+        full = core.ops.attention(q, k, v, 2 * rep, 2, n_past, variant=var)
+        for tile in (1, 3):
+            np.testing.assert_array_equal(core.ops.attention(q, k, v, 2 * rep, 2, n_past, tile=tile, variant=var), full)
+        steps = [core.ops.attention(q[t:t + 1], k[:n_past + t + 1], v[:n_past + t + 1], 2 * rep, 2, n_past + t,
+                                    variant=var) for t in range(T)]
         np.testing.assert_array_equal(np.concatenate(steps), full)
+        again = core.ops.attention(q, k, v, 2 * rep, 2, n_past, n_split=4, variant=var)
+        np.testing.assert_array_equal(core.ops.attention(q, k, v, 2 * rep, 2, n_past, n_split=4, variant=var), again)
+
+
+def test_attention_split_k_long_context():
+    """Decode at a long context cut in many ranges (as the engine does on many threads)."""
+    q, k, v, ref = attn_case(np.random.default_rng(3), 2, 16, 128, 8191, 1, True)
+    for var in VARIANTS:
+        for n_split in (1, 2, 16, 64):
+            assert_close(core.ops.attention(q, k, v, 32, 2, 8191, n_split=n_split, variant=var), ref)
+
+
+def test_attention_is_causal_and_propagates_nan():
+    """A NaN/inf in a position a query may not see cannot reach it; one it sees poisons it."""
+    rng = np.random.default_rng(4)
+    T, n_past = 5, 40
+    q, k, v, ref = attn_case(rng, 2, 3, 16, n_past, T, True)
+    k[-1, :] = np.inf
+    v[-1, :] = np.nan
+    for var in VARIANTS:
+        for n_split, tile in ((1, None), (3, 2)):
+            o = core.ops.attention(q, k, v, 6, 2, n_past, n_split=n_split, tile=tile, variant=var)
+            assert_close(o[:-1], ref[:-1])
+            assert np.isnan(o[-1]).all()
+
+
+def test_attention_rejects_bad_arguments():
+    q = np.zeros((2, 16), np.float32)
+    kv = np.zeros((2, 8), np.float32)
+    with pytest.raises(ValueError, match="n_split"):
+        core.ops.attention(q, kv, kv, 2, 1, 0, n_split=0)
+    with pytest.raises(ValueError, match="tile"):
+        core.ops.attention(q, kv, kv, 2, 1, 0, tile=0)
+    with pytest.raises(ValueError):
+        core.ops.attention(q, kv[:1], kv[:1], 2, 1, 0)
+    with pytest.raises(ValueError):
+        core.ops.attention(q, kv, kv.astype(np.float16), 2, 1, 0)
 
 
 def test_to_f16_round_to_nearest_even():

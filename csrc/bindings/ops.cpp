@@ -218,37 +218,54 @@ py::tuple ssm_scan(const F32Array& state, const F32Array& x, const F32Array& B, 
 }
 
 // q [T, nq*hd] against a cache k, v [n_past + T, nkv*hd] (float32 or float16); query t sees
-// positions 0..n_past+t. Returns o [T, nq*hd].
+// positions 0..n_past+t. Returns o [T, nq*hd]. Runs the kernel as the engine does: per kv head,
+// tiles of `tile` tokens (None: all T), each tile's keys cut into n_split ranges merged exactly.
 py::array_t<float> attention(const F32Array& q, const py::array& k, const py::array& v, int64_t n_head,
-                             int64_t n_head_kv, int64_t n_past, const py::object& variant) {
+                             int64_t n_head_kv, int64_t n_past, int64_t n_split, const py::object& tile_arg,
+                             const py::object& variant, bool reference) {
   need(q.ndim() == 2 && n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0, "bad q or head counts");
-  const int64_t T = q.shape(0), hd = q.shape(1) / n_head;
-  need(hd * n_head == q.shape(1), "q width must be n_head * hd");
+  const int64_t T = q.shape(0), hd = q.shape(1) / n_head, rep = n_head / n_head_kv;
+  need(hd * n_head == q.shape(1) && hd > 0, "q width must be n_head * hd");
   const bool f16 = k.dtype().kind() == 'f' && k.dtype().itemsize() == 2;
   need(k.dtype().is(v.dtype()) && (f16 || (k.dtype().kind() == 'f' && k.dtype().itemsize() == 4)),
        "k and v must both be float32 or float16");
   need(k.ndim() == 2 && v.ndim() == 2 && k.shape(1) == n_head_kv * hd && v.shape(1) == n_head_kv * hd &&
            k.shape(0) >= n_past + T && v.shape(0) >= n_past + T && n_past >= 0,
        "k and v must be [>= n_past + T, n_head_kv * hd]");
+  need(n_split >= 1, "n_split must be >= 1");
+  const int64_t tile = tile_arg.is_none() ? std::max<int64_t>(T, 1) : tile_arg.cast<int64_t>();
+  need(tile >= 1, "tile must be >= 1");
   py::array kc = py::array::ensure(k, py::array::c_style), vc = py::array::ensure(v, py::array::c_style);
-  const int64_t esz = f16 ? 2 : 4;
-  py::array_t<float> o({T, q.shape(1)});
-  std::vector<float> scores(n_past + T);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t j = 0; j < n_head; ++j) {
-      const int64_t g = j / (n_head / n_head_kv);
-      AttnArgs a;
-      a.q = q.data() + t * q.shape(1) + j * hd;
-      a.k = (const uint8_t*)kc.data() + g * hd * esz;
-      a.v = (const uint8_t*)vc.data() + g * hd * esz;
-      a.kv_type = f16 ? GGML_F16 : GGML_F32;
-      a.ld = n_head_kv * hd;
-      a.n_keys = n_past + t + 1;
-      a.hd = hd;
-      a.scale = 1.0f / std::sqrt((float)hd);
-      a.scores = scores.data();
-      a.out = o.mutable_data() + t * q.shape(1) + j * hd;
-      table(variant).attention(a);
+  const int64_t esz = f16 ? 2 : 4, qw = q.shape(1);
+  const KernelTable& kt = table(variant);
+  py::array_t<float> o({T, qw});
+  std::vector<float> part(n_split * tile * rep * hd), m(n_split * tile * rep), l(n_split * tile * rep),
+      scratch((tile * rep + hd) * kAttnKeyBlock);
+  for (int64_t g = 0; g < n_head_kv; ++g)
+    for (int64_t t0 = 0; t0 < T; t0 += tile) {
+      const int64_t nt = std::min(tile, T - t0), rows = nt * rep, extent = n_past + t0 + nt;
+      for (int64_t s = 0; s < n_split; ++s) {
+        AttnArgs a;
+        a.q = q.data() + t0 * qw + g * rep * hd; a.ldq = qw;
+        a.k = (const uint8_t*)kc.data() + g * hd * esz;
+        a.v = (const uint8_t*)vc.data() + g * hd * esz;
+        a.kv_type = f16 ? GGML_F16 : GGML_F32;
+        a.ld = n_head_kv * hd; a.hd = hd; a.rep = rep; a.n_tok = nt;
+        a.n_keys = n_past + t0 + 1;
+        a.k0 = s * extent / n_split; a.k1 = (s + 1) * extent / n_split;
+        a.scale = 1.0f / std::sqrt((float)hd);
+        if (n_split == 1) {
+          a.out = o.mutable_data() + t0 * qw + g * rep * hd; a.ldo = qw;
+        } else {
+          a.out = part.data() + s * rows * hd; a.ldo = rep * hd;
+        }
+        a.m = m.data() + s * rows; a.l = l.data() + s * rows;
+        a.scratch = scratch.data();
+        (reference ? kt.attention_ref : kt.attention)(a);
+      }
+      if (n_split > 1)
+        kt.attention_merge(part.data(), m.data(), l.data(), n_split, nt, rep, hd,
+                           o.mutable_data() + t0 * qw + g * rep * hd, qw);
     }
   return o;
 }
@@ -304,7 +321,8 @@ void register_ops(py::module_& m) {
   m.def("ssm_scan", &ssm_scan, py::arg("state"), py::arg("x"), py::arg("B"), py::arg("C"), py::arg("dt"),
         py::arg("A"), py::arg("D"), py::arg("n_group"), V);
   m.def("attention", &attention, py::arg("q"), py::arg("k"), py::arg("v"), py::arg("n_head"),
-        py::arg("n_head_kv"), py::arg("n_past"), V);
+        py::arg("n_head_kv"), py::arg("n_past"), py::arg("n_split") = 1, py::arg("tile") = py::none(), V,
+        py::arg("reference") = false);
   m.def("to_f16", &to_f16, py::arg("x"), V);
   m.def("route", &route, py::arg("logits"), py::arg("bias"), py::arg("k"), py::arg("n_group") = 1,
         py::arg("n_group_used") = 1, py::arg("norm") = true, py::arg("scale") = 1.0f);

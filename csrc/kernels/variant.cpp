@@ -16,6 +16,8 @@ void conv1d_silu(float*, const float*, int64_t, int64_t, const float*, const flo
                  int64_t, int64_t, float*, int64_t);
 void ssm_scan(const ScanArgs&, int64_t, int64_t);
 void attention(const AttnArgs&);
+void attention_ref(const AttnArgs&);
+void attention_merge(const float*, const float*, const float*, int64_t, int64_t, int64_t, int64_t, float*, int64_t);
 void to_f16(const float*, int64_t, uint16_t*);
 
 void fill_kernel_table(KernelTable& t) {
@@ -32,6 +34,8 @@ void fill_kernel_table(KernelTable& t) {
   t.conv1d_silu = conv1d_silu;
   t.ssm_scan = ssm_scan;
   t.attention = attention;
+  t.attention_ref = attention_ref;
+  t.attention_merge = attention_merge;
   t.to_f16 = to_f16;
 }
 

@@ -81,27 +81,59 @@ void Engine::attention(const Layer& L, int ai, State& st, const float* h, int64_
     }
   }
 
+  // One task per (kv head, tile of tokens, key range): the kernel reads each K and V row once
+  // for all rep query heads of the tile. Decode has only nkv (kv head) tasks, so the keys are
+  // split too (split-K) towards kTasks tasks, in ranges of >= kMinSplitKeys keys cut at multiples
+  // of the kernel's key block. The cut depends on the key count and T only, never on the thread
+  // count, so threads do not change the result; attention_merge combines ranges in a fixed order.
+  constexpr int64_t kRowsPerTask = 64, kTasks = 64, kMinSplitKeys = 256;
   const int64_t rep = nq / nkv;
   const int64_t esz = kv_type == GGML_F32 ? 4 : 2;
+  const int64_t tile = std::min<int64_t>(T, std::max<int64_t>(1, kRowsPerTask / rep)), rows = tile * rep;
+  const int64_t n_tiles = (T + tile - 1) / tile, n_groups = nkv * n_tiles;
+  const int64_t n_split = std::max<int64_t>(1, std::min(kTasks / n_groups, (n_past + T) / kMinSplitKeys));
+  std::vector<float> part(n_split > 1 ? n_groups * n_split * rows * hd : 0), ml(2 * n_groups * n_split * rows);
+  float* const m_all = ml.data();
+  float* const l_all = ml.data() + n_groups * n_split * rows;
   const float scale = 1.0f / std::sqrt((float)hd);
-  pool_->parallel_for(T * nq, [&](int64_t i0, int64_t i1) {
-    std::vector<float> scores(n_past + T);
+  pool_->parallel_for(n_groups * n_split, [&](int64_t i0, int64_t i1) {
+    std::vector<float> scratch((rows + hd) * kAttnKeyBlock);
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t t = i / nq, j = i % nq, g = j / rep;
+      const int64_t s = i % n_split, gt = i / n_split, g = gt / n_tiles, t0 = gt % n_tiles * tile;
+      const int64_t nt = std::min(tile, T - t0), extent = n_past + t0 + nt;
+      const int64_t chunk = ((extent + n_split - 1) / n_split + kAttnKeyBlock - 1) / kAttnKeyBlock * kAttnKeyBlock;
       AttnArgs a;
-      a.q = q.data() + t * qw + j * hd;
+      a.q = q.data() + t0 * qw + g * rep * hd;
+      a.ldq = qw;
       a.k = kc + g * hd * esz;
       a.v = vc + g * hd * esz;
       a.kv_type = kv_type;
-      a.ld = kvw;
-      a.n_keys = n_past + t + 1;
-      a.hd = hd;
+      a.ld = kvw; a.hd = hd; a.rep = rep; a.n_tok = nt;
+      a.n_keys = n_past + t0 + 1;
+      a.k0 = std::min(s * chunk, extent);
+      a.k1 = std::min((s + 1) * chunk, extent);
       a.scale = scale;
-      a.scores = scores.data();
-      a.out = o.data() + t * qw + j * hd;
+      if (n_split == 1) {
+        a.out = o.data() + t0 * qw + g * rep * hd;
+        a.ldo = qw;
+      } else {  // split s of this group: dense [nt * rep, hd], as attention_merge reads it
+        a.out = part.data() + (gt * n_split * rows + s * nt * rep) * hd;
+        a.ldo = rep * hd;
+      }
+      a.m = m_all + gt * n_split * rows + s * nt * rep;
+      a.l = l_all + gt * n_split * rows + s * nt * rep;
+      a.scratch = scratch.data();
       kt_.attention(a);
     }
   }, 1);
+  if (n_split > 1)
+    pool_->parallel_for(n_groups, [&](int64_t i0, int64_t i1) {
+      for (int64_t gt = i0; gt < i1; ++gt) {
+        const int64_t g = gt / n_tiles, t0 = gt % n_tiles * tile, nt = std::min(tile, T - t0);
+        kt_.attention_merge(part.data() + gt * n_split * rows * hd, m_all + gt * n_split * rows,
+                            l_all + gt * n_split * rows, n_split, nt, rep, hd, o.data() + t0 * qw + g * rep * hd, qw);
+      }
+    }, 1);
 
   linear(L.wo, 0, o.data(), qw, T, out, E);
 }

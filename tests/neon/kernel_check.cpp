@@ -459,12 +459,19 @@ static void check_scan(const KernelTable& s) {
 }
 
 // ---- attention (max error <= 1e-5 * (1 + max|ref|)) and to_f16 (bit-exact RNE) ------------
+// One kv head's group of rep query heads for T tokens at a time (causal), the keys cut into
+// n_split ranges merged by attention_merge, as the engine runs it; the kernel and its scalar
+// spec (attention_ref) both against double precision.
 static void check_attention(const KernelTable& s) {
-  const int64_t hds[] = {1, 4, 8, 16, 24};
+  const int64_t hds[] = {1, 4, 8, 13, 16, 24, 64, 128};
   for (int i = 0; i < 60; ++i) {
-    const int64_t nkv = irange(1, 3), nq = nkv * irange(1, 3), hd = hds[irange(0, 4)], n = irange(1, 30);
+    const int64_t nkv = irange(1, 2), rep = irange(1, 16), nq = nkv * rep, hd = hds[irange(0, 7)];
+    const int64_t T = irange(1, 5), n_past = irange(0, 1) ? irange(0, 40) : irange(40, 400), n = n_past + T;
+    const int64_t n_split = irange(1, 4);
     const bool f16 = irange(0, 1);
-    std::vector<float> q(nq * hd), kf(n * nkv * hd), vf(n * nkv * hd), out(nq * hd), scores(n);
+    std::vector<float> q(T * nq * hd), kf(n * nkv * hd), vf(n * nkv * hd), out(T * nq * hd);
+    std::vector<float> part(n_split * T * rep * hd), m(n_split * T * rep), l(n_split * T * rep),
+        scratch((T * rep + hd) * kAttnKeyBlock);
     std::vector<uint16_t> kh(kf.size()), vh(vf.size());
     std::vector<double> kd(kf.size()), vd(vf.size());
     for (auto& v : q) v = (float)normal();
@@ -474,34 +481,50 @@ static void check_attention(const KernelTable& s) {
       kd[j] = f16 ? f16_val(kh[j]) : kf[j];
       vd[j] = f16 ? f16_val(vh[j]) : vf[j];
     }
-    double err = 0, mx = 0;
-    for (int64_t j = 0; j < nq; ++j) {
-      const int64_t g = j / (nq / nkv);
-      AttnArgs a;
-      a.q = q.data() + j * hd;
-      a.k = f16 ? (const void*)(kh.data() + g * hd) : (const void*)(kf.data() + g * hd);
-      a.v = f16 ? (const void*)(vh.data() + g * hd) : (const void*)(vf.data() + g * hd);
-      a.kv_type = f16 ? GGML_F16 : GGML_F32;
-      a.ld = nkv * hd; a.n_keys = n; a.hd = hd; a.scale = 1.0f / std::sqrt((float)hd);
-      a.scores = scores.data(); a.out = out.data() + j * hd;
-      s.attention(a);
-      std::vector<double> p(n);
-      double pm = -INFINITY, psum = 0;
-      for (int64_t t = 0; t < n; ++t) {
-        double sc = 0;
-        for (int64_t d = 0; d < hd; ++d) sc += (double)q[j * hd + d] * kd[t * nkv * hd + g * hd + d];
-        p[t] = sc / std::sqrt((double)hd);
-        pm = std::fmax(pm, p[t]);
+    for (int spec = 0; spec < 2; ++spec) {
+      for (int64_t g = 0; g < nkv; ++g) {
+        for (int64_t sp = 0; sp < n_split; ++sp) {
+          AttnArgs a;
+          a.q = q.data() + g * rep * hd; a.ldq = nq * hd;
+          a.k = f16 ? (const void*)(kh.data() + g * hd) : (const void*)(kf.data() + g * hd);
+          a.v = f16 ? (const void*)(vh.data() + g * hd) : (const void*)(vf.data() + g * hd);
+          a.kv_type = f16 ? GGML_F16 : GGML_F32;
+          a.ld = nkv * hd; a.hd = hd; a.rep = rep; a.n_tok = T; a.n_keys = n_past + 1;
+          a.k0 = sp * n / n_split; a.k1 = (sp + 1) * n / n_split;
+          a.scale = 1.0f / std::sqrt((float)hd);
+          if (n_split == 1) { a.out = out.data() + g * rep * hd; a.ldo = nq * hd; }
+          else { a.out = part.data() + sp * T * rep * hd; a.ldo = rep * hd; }
+          a.m = m.data() + sp * T * rep; a.l = l.data() + sp * T * rep;
+          a.scratch = scratch.data();
+          (spec ? s.attention_ref : s.attention)(a);
+        }
+        if (n_split > 1)
+          s.attention_merge(part.data(), m.data(), l.data(), n_split, T, rep, hd, out.data() + g * rep * hd, nq * hd);
       }
-      for (auto& v : p) { v = std::exp(v - pm); psum += v; }
-      for (int64_t d = 0; d < hd; ++d) {
-        double o = 0;
-        for (int64_t t = 0; t < n; ++t) o += p[t] / psum * vd[t * nkv * hd + g * hd + d];
-        err = std::fmax(err, std::fabs(out[j * hd + d] - o));
-        mx = std::fmax(mx, std::fabs(o));
-      }
+      double err = 0, mx = 0;
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t j = 0; j < nq; ++j) {
+          const int64_t g = j / rep, nk = n_past + t + 1;
+          std::vector<double> p(nk);
+          double pm = -INFINITY, psum = 0;
+          for (int64_t u = 0; u < nk; ++u) {
+            double sc = 0;
+            for (int64_t d = 0; d < hd; ++d) sc += (double)q[(t * nq + j) * hd + d] * kd[u * nkv * hd + g * hd + d];
+            p[u] = sc / std::sqrt((double)hd);
+            pm = std::fmax(pm, p[u]);
+          }
+          for (auto& v : p) { v = std::exp(v - pm); psum += v; }
+          for (int64_t d = 0; d < hd; ++d) {
+            double o = 0;
+            for (int64_t u = 0; u < nk; ++u) o += p[u] / psum * vd[u * nkv * hd + g * hd + d];
+            err = std::fmax(err, std::fabs(out[(t * nq + j) * hd + d] - o));
+            mx = std::fmax(mx, std::fabs(o));
+          }
+        }
+      const char* what = spec ? (f16 ? "attention_ref f16 cache" : "attention_ref f32 cache")
+                              : (f16 ? "attention f16 cache" : "attention f32 cache");
+      report(err <= 1e-5 * (1 + mx), what, err, 1e-5 * (1 + mx));
     }
-    report(err <= 1e-5 * (1 + mx), f16 ? "attention f16 cache" : "attention f32 cache", err, 1e-5 * (1 + mx));
   }
 }
 
@@ -539,7 +562,8 @@ int main() {
               gen.variant);
   for (const KernelTable* t : {&simd, &gen}) {
     if (!t->matmul || !t->matmul_ref || !t->quantize_q8 || !t->dequant_row || !t->rmsnorm || !t->gated_rmsnorm ||
-        !t->conv1d_silu || !t->ssm_scan || !t->attention || !t->to_f16) {
+        !t->conv1d_silu || !t->ssm_scan || !t->attention || !t->attention_ref || !t->attention_merge ||
+        !t->to_f16) {
       std::printf("FAIL %s: KernelTable has an empty entry\n", t->variant);
       return 1;
     }

@@ -43,15 +43,26 @@ struct ScanArgs {
   int64_t T, nh, hd, N, G;
 };
 
-// One query head against a KV cache of n_keys positions (keys [n_keys, ld] of kv_type).
+// Keys per block of the attention kernel's online softmax (sizes AttnArgs::scratch).
+constexpr int64_t kAttnKeyBlock = 32;
+
+// Grouped-query attention (no positional encoding) of the `rep` query heads that share ONE kv
+// head, for n_tok consecutive tokens, over the keys [k0, k1) of a KV cache. Causal: token t of
+// the tile sees keys [0, n_keys + t). Rows r = t * rep + i (head i of the group).
+// Writes this key range's softmax-normalised output, and per row its max score m and
+// l = sum exp(score - m); a row that sees no key of the range gets out 0, m -inf, l 0.
+// Split-K: calls over disjoint ranges are combined exactly by attention_merge.
 struct AttnArgs {
-  const float* q;                  // [hd]
-  const void* k; const void* v;    // first position of this kv head, row stride `ld` elements
+  const float* q; int64_t ldq;     // head i of token t at q + t * ldq + i * hd
+  const void* k; const void* v;    // position 0 of this kv head; position j at + j * ld elements
   int kv_type;                     // GGML_F16 | GGML_F32
-  int64_t ld, n_keys, hd;
+  int64_t ld, hd, rep, n_tok;
+  int64_t n_keys;                  // keys visible to the first token
+  int64_t k0, k1;                  // key range of this call
   float scale;
-  float* scores;                   // scratch [n_keys]
-  float* out;                      // [hd]
+  float* out; int64_t ldo;         // head i of token t at out + t * ldo + i * hd
+  float* m; float* l;              // [n_tok * rep]
+  float* scratch;                  // (n_tok * rep + hd) * kAttnKeyBlock floats
 };
 
 struct KernelTable {
@@ -84,6 +95,13 @@ struct KernelTable {
                       float* out, int64_t ldo) = nullptr;
   void (*ssm_scan)(const ScanArgs& a, int64_t h0, int64_t h1) = nullptr;
   void (*attention)(const AttnArgs& a) = nullptr;
+  // the scalar reference of attention (the spec; needs no scratch)
+  void (*attention_ref)(const AttnArgs& a) = nullptr;
+  // Exact log-sum-exp merge of n_split partial results of attention over disjoint key ranges:
+  // split s wrote rows r (dense, [n_tok * rep, hd]) at o + (s * n_tok * rep + r) * hd and
+  // m, l at [s * n_tok * rep + r]. Row r = t * rep + i goes to out + t * ldo + i * hd.
+  void (*attention_merge)(const float* o, const float* m, const float* l, int64_t n_split, int64_t n_tok,
+                          int64_t rep, int64_t hd, float* out, int64_t ldo) = nullptr;
   // fp32 -> fp16, round to nearest even (KV cache writes)
   void (*to_f16)(const float* x, int64_t n, uint16_t* out) = nullptr;
 };
