@@ -1,10 +1,13 @@
 // A/B timing of two builds of csrc/kernels/matmul.cpp (see bench/matmul_ab.sh): both are
 // linked into one binary (namespaces nemocpu::oldv / nemocpu::newv) and run alternately,
-// so a shared, noisy machine slows both sides alike. Single thread, best of 20 per side.
+// so a shared, noisy machine slows both sides alike. Single thread; prints the best and the
+// median of REPS (default 20) runs per side, as GB/s of weights and, for T > 1, GFLOP/s.
 //   matmul_ab TYPE T ROWS    TYPE: 2 = Q4_0, 8 = Q8_0, 24 = FP8 (E4M3 codes); K = 2688
+// ROWS >= 100000 (256+ MB) streams the weights from DRAM; a few hundred rows stay in cache.
 // Set HUGE=1 to back the weights with transparent huge pages (a GGUF file mapping is 4 KiB pages).
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -44,15 +47,27 @@ int main(int argc, char** argv) {
   m.data = w; m.type = type; m.K = K; m.rows = rows; m.row_bytes = rb; m.scale = sc.data(); m.scale_stride = 1;
   Activations a;
   a.x = x.data(); a.ldx = K; a.q = q.data(); a.ldq = K / 32; a.T = T;
-  double best[2] = {1e9, 1e9};
-  for (int rep = 0; rep < 20; ++rep)
+  const int reps = getenv("REPS") ? atoi(getenv("REPS")) : 20;
+  std::vector<double> secs[2];
+  for (int rep = 0; rep < reps; ++rep)
     for (int v = 0; v < 2; ++v) {
       const auto t0 = std::chrono::steady_clock::now();
       (v ? newv::matmul : oldv::matmul)(m, 0, rows, a, y.data(), rows);
-      const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-      if (s < best[v]) best[v] = s;
+      secs[v].push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-  printf("type %d T=%d rows=%lld: old %.2f ms (%.2f GB/s)  new %.2f ms (%.2f GB/s)  new/old speed %.2fx\n", type, T,
-         (long long)rows, best[0] * 1e3, nbytes / best[0] / 1e9, best[1] * 1e3, nbytes / best[1] / 1e9,
-         best[0] / best[1]);
+  const double flops = 2.0 * T * rows * K;
+  double best[2], med[2];
+  for (int v = 0; v < 2; ++v) {
+    std::sort(secs[v].begin(), secs[v].end());
+    best[v] = secs[v][0];
+    med[v] = secs[v][secs[v].size() / 2];
+  }
+  printf("type %d T=%d rows=%lld (best | median of %d):", type, T, (long long)rows, reps);
+  for (int v = 0; v < 2; ++v) {
+    printf("  %s %.3f | %.3f ms (%.2f | %.2f GB/s", v ? "new" : "old", best[v] * 1e3, med[v] * 1e3,
+           nbytes / best[v] / 1e9, nbytes / med[v] / 1e9);
+    if (T > 1) printf(", %.1f | %.1f GFLOP/s", flops / best[v] / 1e9, flops / med[v] / 1e9);
+    printf(")");
+  }
+  printf("  new/old speed %.2fx | %.2fx\n", best[0] / best[1], med[0] / med[1]);
 }
