@@ -2,6 +2,7 @@
 # Build bench/matmul_ab.cpp against csrc/kernels/matmul.cpp at git REF (default HEAD, "old")
 # and in the working tree ("new"), avx2 flags, -O3 like the Release build; then run it:
 #   sh bench/matmul_ab.sh [REF] && /tmp/matmul_ab 2 1 200000    # Q4_0 decode, 300 MB of weights
+#   /tmp/matmul_ab 8 1 100000 24                             # old Q8_0 vs new FP8, same run
 set -e
 ref=${1:-HEAD}
 root=$(git rev-parse --show-toplevel)
