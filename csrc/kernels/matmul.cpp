@@ -307,20 +307,33 @@ void fp8_decode(const uint8_t* codes, int64_t n, float* out) {
   for (int64_t k = 0; k < n; ++k) out[k] = kE4M3.v[codes[k]];
 }
 
-// portable form of the register tile: 8 lanes per accumulator, written so that compilers
-// vectorise the lane loop (NEON: two q registers)
+// portable form of the register tile in GCC/Clang vector types (one SSE / NEON register of
+// 4 floats per accumulator): the 2 x 6 tile plus its operands fits in 16 vector registers,
+// which plain arrays with a lane loop did not reliably get from the compiler
+typedef float fp8_v4 __attribute__((vector_size(16)));
+inline fp8_v4 fp8_v4_load(const float* p) {
+  fp8_v4 v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
 template <int M, int N>
 void fp8_tile(const float* p, int64_t ldp, const float* const* xs, int64_t nk, float* sums) {
-  float s[M][N][8] = {};
+  fp8_v4 s[M][N];
+  for (int i = 0; i < M; ++i)
+    for (int t = 0; t < N; ++t) s[i][t] = fp8_v4{0.0f, 0.0f, 0.0f, 0.0f};
   int64_t k = 0;
-  for (; k + 8 <= nk; k += 8)
-    for (int i = 0; i < M; ++i)
-      for (int t = 0; t < N; ++t)
-        for (int l = 0; l < 8; ++l) s[i][t][l] += p[i * ldp + k + l] * xs[t][k + l];
+  for (; k + 4 <= nk; k += 4) {
+    fp8_v4 w[M];
+    for (int i = 0; i < M; ++i) w[i] = fp8_v4_load(p + i * ldp + k);
+    for (int t = 0; t < N; ++t) {
+      const fp8_v4 x = fp8_v4_load(xs[t] + k);
+      for (int i = 0; i < M; ++i) s[i][t] += w[i] * x;
+    }
+  }
   for (int i = 0; i < M; ++i)
     for (int t = 0; t < N; ++t) {
-      float v = 0.0f;
-      for (int l = 0; l < 8; ++l) v += s[i][t][l];
+      float v = (s[i][t][0] + s[i][t][1]) + (s[i][t][2] + s[i][t][3]);
       for (int64_t kk = k; kk < nk; ++kk) v += p[i * ldp + kk] * xs[t][kk];
       sums[i * N + t] = v;
     }
