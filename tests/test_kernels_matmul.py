@@ -200,3 +200,18 @@ def test_fp8_prefill_edges(T, K, rows):
     """Fixed shapes at the boundaries of the FP8 blocking (tokens 4/5, 72/73, 144/145; K 256/257,
     Nano's 2688 and 3712; rows 8/9, 16/17, 1)."""
     _check_fp8_matmul(T, K, rows, seed=T * 7919 + K)
+
+
+@pytest.mark.parametrize("wtype", FLOAT_TYPES)
+@pytest.mark.parametrize("T", [1, 3, 8])
+def test_matmul_empty_k_is_zero(wtype, T):
+    """K = 0: every output is the empty sum 0 (FP8's prefill path writes y per K block)."""
+    if wtype == "FP8":   # (the oracle's encoder needs a non-empty row for its scale)
+        raw, gtype, scale = np.zeros(0, np.uint8), GGML_TYPE["FP8"], np.ones(3, np.float32)
+    else:
+        raw, gtype, _, scale = make_weight(3, 0, wtype, np.random.default_rng(0))
+    for v in VARIANTS:
+        for reference in (False, True):
+            y = core.ops.matmul(raw, gtype, 0, 3, np.zeros((T, 0), np.float32), scale=scale, variant=v,
+                                reference=reference)
+            np.testing.assert_array_equal(y, np.zeros((T, 3), np.float32))

@@ -375,6 +375,11 @@ void matmul_fp8(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations
     }
     return;
   }
+  if (w.K == 0) {  // an empty dot product is 0 (the K-block loop below would write nothing)
+    for (int64_t t = 0; t < a.T; ++t)
+      for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = 0.0f;
+    return;
+  }
   // Loop order: token block, K block, row block. The inputs of one (token block, K block)
   // (FP8_TOKEN_BLOCK x FP8_PANEL_K fp32 = 72 KB) stay in L2 while every row block of the
   // range passes over them; y itself holds the partial sums between K blocks (unscaled
