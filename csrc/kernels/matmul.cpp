@@ -176,8 +176,9 @@ void row_tile_float(const uint8_t* row, int64_t K, const float* const* xs, float
 #endif
 
 // ---- FP8 weights (E4M3 codes x per-row scale) -------------------------------------------
-// Decode (T = 1) streams each row once through a vector E4M3 decode fused with the dot.
-// Prefill decodes a panel of FP8_PANEL_ROWS rows x FP8_PANEL_K codes to fp32 once into a
+// Decode (T = 1) and up to FP8_FUSED_MAX_T tokens stream each row once through a vector
+// E4M3 decode fused with the dots (bench: the fp16 conversion, not memory, bounds it in
+// cache). Prefill decodes a panel of FP8_PANEL_ROWS rows x FP8_PANEL_K codes to fp32 once into a
 // stack buffer and runs an fp32 register tile (FP8_TILE_ROWS rows x FP8_TILE_TOKENS tokens,
 // every weight load feeding FP8_TILE_TOKENS FMAs) over a block of tokens, so the decode cost
 // is shared by up to FP8_TOKEN_BLOCK tokens.
