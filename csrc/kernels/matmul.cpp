@@ -394,8 +394,11 @@ void matmul_fp8(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations
       for (int64_t rb = r0; rb < r1; rb += FP8_PANEL_ROWS) {
         const int64_t nr = k_min(FP8_PANEL_ROWS, r1 - rb);
         for (int64_t i = 0; i < nr; ++i) fp8_decode(w.data + (rb + i) * w.row_bytes + kb, nk, panel + i * FP8_PANEL_K);
-        for (int64_t t = tb; t < tb + nt; t += FP8_TILE_TOKENS) {
-          const int n = (int)k_min(FP8_TILE_TOKENS, tb + nt - t);
+        // tiles of near-equal width (8 tokens = 4 + 4, not 6 + 2): a narrow tile has too few
+        // FMA chains to cover the FMA latency
+        const int64_t tiles = (nt + FP8_TILE_TOKENS - 1) / FP8_TILE_TOKENS;
+        for (int64_t t = tb, left = tiles; left > 0; --left) {
+          const int n = (int)((tb + nt - t + left - 1) / left);
           const float* xs[FP8_TILE_TOKENS];
           for (int j = 0; j < n; ++j) xs[j] = a.x + (t + j) * a.ldx + kb;
           for (int64_t i = 0; i < nr; i += FP8_TILE_ROWS) {
@@ -412,6 +415,7 @@ void matmul_fp8(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations
               }
             }
           }
+          t += n;
         }
       }
     }
