@@ -159,3 +159,59 @@ def test_fp8_decode_every_code(K, rows, seed):
     for v in VARIANTS:
         y = core.ops.matmul(codes.reshape(-1), GGML_TYPE["FP8"], K, rows, x, scale=scale, variant=v)
         check(y, ref, bound, 4 * K * 2**-24 + 2**-23)
+
+
+def _fp8_every_code(rows, K, rng):
+    """[rows, K] E4M3 codes cycling through every finite code in random order, their float64 values."""
+    import ml_dtypes
+
+    finite = np.array([c for c in range(256) if c & 0x7f != 0x7f], dtype=np.uint8)
+    codes = np.resize(rng.permutation(finite), rows * K).reshape(rows, K)
+    return codes, codes.view(ml_dtypes.float8_e4m3fn).astype(np.float64)
+
+
+def _check_fp8_matmul(T, K, rows, seed):
+    rng = np.random.default_rng(seed)
+    codes, deq = _fp8_every_code(rows, K, rng)
+    scale = rng.uniform(0.5, 2, rows).astype(np.float32)
+    x = rng.normal(0, 1, (T, K)).astype(np.float32)
+    ref = (x.astype(np.float64) @ deq.T) * scale
+    bound = (np.abs(x.astype(np.float64)) @ np.abs(deq).T) * scale
+    for v in VARIANTS:
+        y = core.ops.matmul(codes.reshape(-1), GGML_TYPE["FP8"], K, rows, x, scale=scale, variant=v)
+        assert y.shape == (T, rows)
+        check(y, ref, bound, 4 * K * 2**-24 + 2**-23)
+
+
+@settings(max_examples=40, deadline=None)
+@given(T=st.integers(2, 160), K=st.sampled_from([1, 7, 8, 31, 33, 100, 255, 256, 257, 300, 520, 777, 1856]),
+       rows=st.integers(1, 37), seed=st.integers(0, 2**31))
+def test_fp8_prefill_every_code(T, K, rows, seed):
+    """Prefill with FP8 weights: the few-token path (decode in registers) and the panel path
+    (fp32 panels of 256 codes, 2x6 register tiles, blocks of 72 tokens, y holding partial sums
+    across K blocks) with their edges: K below/at/above a panel and with a tail, rows not a
+    multiple of the panel or tile, T across token blocks. Every finite E4M3 code vs float64."""
+    _check_fp8_matmul(T, K, rows, seed)
+
+
+@pytest.mark.parametrize("T,K,rows", [(2, 2688, 3), (4, 2688, 9), (5, 2688, 9), (6, 513, 8), (72, 256, 16),
+                                      (73, 257, 17), (144, 2689, 2), (145, 64, 1), (256, 3712, 5)])
+def test_fp8_prefill_edges(T, K, rows):
+    """Fixed shapes at the boundaries of the FP8 blocking (tokens 4/5, 72/73, 144/145; K 256/257,
+    Nano's 2688 and 3712; rows 8/9, 16/17, 1)."""
+    _check_fp8_matmul(T, K, rows, seed=T * 7919 + K)
+
+
+@pytest.mark.parametrize("wtype", FLOAT_TYPES)
+@pytest.mark.parametrize("T", [1, 3, 8])
+def test_matmul_empty_k_is_zero(wtype, T):
+    """K = 0: every output is the empty sum 0 (FP8's prefill path writes y per K block)."""
+    if wtype == "FP8":   # (the oracle's encoder needs a non-empty row for its scale)
+        raw, gtype, scale = np.zeros(0, np.uint8), GGML_TYPE["FP8"], np.ones(3, np.float32)
+    else:
+        raw, gtype, _, scale = make_weight(3, 0, wtype, np.random.default_rng(0))
+    for v in VARIANTS:
+        for reference in (False, True):
+            y = core.ops.matmul(raw, gtype, 0, 3, np.zeros((T, 0), np.float32), scale=scale, variant=v,
+                                reference=reference)
+            np.testing.assert_array_equal(y, np.zeros((T, 3), np.float32))

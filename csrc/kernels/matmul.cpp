@@ -89,19 +89,11 @@ float dot_q4_0_ref(const BlockQ4_0* w, const BlockQ8Act* x, int64_t nb) {
 template <int TYPE>
 inline __m256 wload8(const uint8_t* row, int64_t k) {
   if (TYPE == GGML_F32) return _mm256_loadu_ps((const float*)row + k);
-  if (TYPE == GGML_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)row + k)));
   if (TYPE == GGML_BF16) {
     const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)((const uint16_t*)row + k)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
   }
-  // FP8: E4M3 bits moved into an fp16 (sign | exp4 man3 << 7) equal value * 2^-8; NaN codes
-  // (0x7f/0xff) decode as 480 here, but no quantizer emits them.
-  uint64_t b8;
-  memcpy(&b8, row + k, 8);
-  const __m128i b = _mm_cvtepu8_epi16(_mm_cvtsi64_si128((long long)b8));
-  const __m128i h = _mm_or_si128(_mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x80)), 8),
-                                 _mm_slli_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7f)), 7));
-  return _mm256_mul_ps(_mm256_cvtph_ps(h), _mm256_set1_ps(256.0f));
+  return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)((const uint16_t*)row + k)));  // F16
 }
 
 inline float hsum8(__m256 v) {
@@ -116,27 +108,7 @@ void row_tile_float(const uint8_t* row, int64_t K, const float* const* xs, float
   __m256 acc[NT];
   for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
   int64_t k = 0;
-  if (TYPE == GGML_I8 && NT == 1) {
-    // FP8 decode, 32 codes per step (half the integer work of wload8): unpacking a zero byte
-    // below each code gives the u16 b << 8, from which the fp16 bits of E4M3 * 2^-8 are
-    // sign = bit 15 and exponent|mantissa = (b << 7) & 0x3f80; the 2^8 is applied once at the
-    // end (exact). unpacklo/hi work per 128-bit lane: their halves hold codes 0-7 | 16-23 and
-    // 8-15 | 24-31.
-    const __m256i zero = _mm256_setzero_si256(), sign = _mm256_set1_epi16((short)0x8000),
-                  mag = _mm256_set1_epi16(0x3f80);
-    __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps(), f2 = _mm256_setzero_ps(), f3 = _mm256_setzero_ps();
-    for (; k + 32 <= K; k += 32) {
-      const __m256i b = _mm256_loadu_si256((const __m256i*)(row + k));
-      const __m256i lo = _mm256_unpacklo_epi8(zero, b), hi = _mm256_unpackhi_epi8(zero, b);
-      const __m256i hlo = _mm256_or_si256(_mm256_and_si256(lo, sign), _mm256_and_si256(_mm256_srli_epi16(lo, 1), mag));
-      const __m256i hhi = _mm256_or_si256(_mm256_and_si256(hi, sign), _mm256_and_si256(_mm256_srli_epi16(hi, 1), mag));
-      f0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(hlo)), _mm256_loadu_ps(xs[0] + k), f0);
-      f1 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hlo, 1)), _mm256_loadu_ps(xs[0] + k + 16), f1);
-      f2 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_castsi256_si128(hhi)), _mm256_loadu_ps(xs[0] + k + 8), f2);
-      f3 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm256_extracti128_si256(hhi, 1)), _mm256_loadu_ps(xs[0] + k + 24), f3);
-    }
-    acc[0] = _mm256_mul_ps(_mm256_add_ps(_mm256_add_ps(f0, f1), _mm256_add_ps(f2, f3)), _mm256_set1_ps(256.0f));
-  } else if (NT == 1) {  // decode: four independent FMA chains hide the FMA latency
+  if (NT == 1) {  // decode: four independent FMA chains hide the FMA latency
     __m256 a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
     for (; k + 32 <= K; k += 32) {
       acc[0] = _mm256_fmadd_ps(wload8<TYPE>(row, k), _mm256_loadu_ps(xs[0] + k), acc[0]);
@@ -202,6 +174,253 @@ void row_tile_float(const uint8_t* row, int64_t K, const float* const* xs, float
   }
 }
 #endif
+
+// ---- FP8 weights (E4M3 codes x per-row scale) -------------------------------------------
+// Decode (T = 1) and up to FP8_FUSED_MAX_T tokens stream each row once through a vector
+// E4M3 decode fused with the dots (bench: the fp16 conversion, not memory, bounds it in
+// cache). Prefill decodes a panel of FP8_PANEL_ROWS rows x FP8_PANEL_K codes to fp32 once into a
+// stack buffer and runs an fp32 register tile (FP8_TILE_ROWS rows x FP8_TILE_TOKENS tokens,
+// every weight load feeding FP8_TILE_TOKENS FMAs) over a block of tokens, so the decode cost
+// is shared by up to FP8_TOKEN_BLOCK tokens.
+constexpr int FP8_PANEL_ROWS = 8;
+constexpr int FP8_PANEL_K = 256;       // 8 x 256 fp32 = 8 KB: the panel stays in L1
+constexpr int FP8_TILE_ROWS = 2;
+constexpr int FP8_TILE_TOKENS = 6;     // 2 x 6 accumulators + 2 weights + 1 input = 15 of 16 ymm
+constexpr int FP8_TOKEN_BLOCK = 72;    // multiple of FP8_TILE_TOKENS
+constexpr int FP8_FUSED_MAX_T = 4;     // up to this many tokens the decode stays in registers
+
+#if defined(__AVX2__)
+// The decoders below produce E4M3 * 2^-8 (the fp16 trick), so scales carry the 2^8 (exact).
+constexpr float FP8_DECODED_UNIT = 256.0f;
+
+// 32 codes -> their fp16 bits (value * 2^-8) in two vectors: unpacking a zero byte below each
+// code gives the i16 b << 8; an arithmetic shift right by one puts exponent|mantissa at bits
+// 13..7 and copies the sign into bits 15 and 14; the AND clears bit 14. E4M3 subnormals land
+// on fp16 subnormals, which vcvtph2ps converts exactly. The NaN codes 0x7f/0xff decode as
+// +-480 (no quantizer emits them). unpacklo/hi work per 128-bit lane, so lo holds codes
+// 0-7 | 16-23 and hi holds 8-15 | 24-31.
+inline void fp8_to_fp16_x32(const uint8_t* codes, __m256i& lo, __m256i& hi) {
+  const __m256i b = _mm256_loadu_si256((const __m256i*)codes);
+  const __m256i keep = _mm256_set1_epi16((short)0xbf80);
+  lo = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpacklo_epi8(_mm256_setzero_si256(), b), 1), keep);
+  hi = _mm256_and_si256(_mm256_srai_epi16(_mm256_unpackhi_epi8(_mm256_setzero_si256(), b), 1), keep);
+}
+
+// One row against NT tokens with the decode in registers (decode and few-token matmuls):
+// out[t] = sum_k E4M3(row[k]) * xs[t][k] * 2^-8. Four FMA chains per token when NT = 1, two
+// otherwise, hide the FMA latency; the prefetch runs FP8_PREFETCH bytes ahead of the stream
+// (it may point past the matrix: prefetches never fault).
+constexpr int FP8_PREFETCH = 2048;
+template <int NT>
+void fp8_row_tokens(const uint8_t* row, const float* const* xs, int64_t K, float* out) {
+  constexpr int C = NT == 1 ? 4 : 2;
+  __m256 f[NT][C];
+  for (int t = 0; t < NT; ++t)
+    for (int c = 0; c < C; ++c) f[t][c] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= K; k += 32) {
+    if ((k & 63) == 0) _mm_prefetch((const char*)row + k + FP8_PREFETCH, _MM_HINT_T0);
+    __m256i lo, hi;
+    fp8_to_fp16_x32(row + k, lo, hi);
+    const __m256 w0 = _mm256_cvtph_ps(_mm256_castsi256_si128(lo)), w1 = _mm256_cvtph_ps(_mm256_castsi256_si128(hi)),
+                 w2 = _mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)), w3 = _mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1));
+    for (int t = 0; t < NT; ++t) {
+      f[t][0] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xs[t] + k), f[t][0]);
+      f[t][1] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xs[t] + k + 8), f[t][1]);
+      f[t][2 % C] = _mm256_fmadd_ps(w2, _mm256_loadu_ps(xs[t] + k + 16), f[t][2 % C]);
+      f[t][3 % C] = _mm256_fmadd_ps(w3, _mm256_loadu_ps(xs[t] + k + 24), f[t][3 % C]);
+    }
+  }
+  for (int t = 0; t < NT; ++t) {
+    for (int c = 1; c < C; ++c) f[t][0] = _mm256_add_ps(f[t][0], f[t][c]);
+    float s = hsum8(f[t][0]);
+    for (int64_t kk = k; kk < K; ++kk) s += kE4M3.v[row[kk]] * (1.0f / FP8_DECODED_UNIT) * xs[t][kk];
+    out[t] = s;
+  }
+}
+
+// n codes -> n floats (value * 2^-8)
+void fp8_decode(const uint8_t* codes, int64_t n, float* out) {
+  int64_t k = 0;
+  for (; k + 32 <= n; k += 32) {
+    __m256i lo, hi;
+    fp8_to_fp16_x32(codes + k, lo, hi);
+    _mm256_storeu_ps(out + k, _mm256_cvtph_ps(_mm256_castsi256_si128(lo)));
+    _mm256_storeu_ps(out + k + 8, _mm256_cvtph_ps(_mm256_castsi256_si128(hi)));
+    _mm256_storeu_ps(out + k + 16, _mm256_cvtph_ps(_mm256_extracti128_si256(lo, 1)));
+    _mm256_storeu_ps(out + k + 24, _mm256_cvtph_ps(_mm256_extracti128_si256(hi, 1)));
+  }
+  for (; k < n; ++k) out[k] = kE4M3.v[codes[k]] * (1.0f / FP8_DECODED_UNIT);
+}
+
+// sums[i * N + t] = panel row i . x_t over nk values, for M rows x N tokens
+template <int M, int N>
+void fp8_tile(const float* p, int64_t ldp, const float* const* xs, int64_t nk, float* sums) {
+  __m256 s[M][N];
+  for (int i = 0; i < M; ++i)
+    for (int t = 0; t < N; ++t) s[i][t] = _mm256_setzero_ps();
+  int64_t k = 0;
+  for (; k + 8 <= nk; k += 8) {
+    __m256 w[M];
+    for (int i = 0; i < M; ++i) w[i] = _mm256_loadu_ps(p + i * ldp + k);
+    for (int t = 0; t < N; ++t) {
+      __m256 x = _mm256_loadu_ps(xs[t] + k);
+      // keep x in a register: GCC would otherwise fold it into each FMA as a memory operand
+      // and load it M times (14 loads per 12 FMAs: load-port bound)
+      __asm__("" : "+x"(x));
+      for (int i = 0; i < M; ++i) s[i][t] = _mm256_fmadd_ps(w[i], x, s[i][t]);
+    }
+  }
+  // horizontal sums four accumulators at a time (3 hadds instead of 4 full reductions)
+  const __m256* sv = &s[0][0];
+  int j = 0;
+  for (; j + 4 <= M * N; j += 4) {
+    const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(sv[j], sv[j + 1]), _mm256_hadd_ps(sv[j + 2], sv[j + 3]));
+    _mm_storeu_ps(sums + j, _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
+  }
+  for (; j < M * N; ++j) sums[j] = hsum8(sv[j]);
+  for (int i = 0; i < M; ++i)
+    for (int t = 0; t < N; ++t)
+      for (int64_t kk = k; kk < nk; ++kk) sums[i * N + t] += p[i * ldp + kk] * xs[t][kk];
+}
+#else
+constexpr float FP8_DECODED_UNIT = 1.0f;
+
+template <int NT>
+void fp8_row_tokens(const uint8_t* row, const float* const* xs, int64_t K, float* out) {
+  float acc[NT][8] = {};
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    float w[8];
+    for (int l = 0; l < 8; ++l) w[l] = kE4M3.v[row[k + l]];
+    for (int t = 0; t < NT; ++t)
+      for (int l = 0; l < 8; ++l) acc[t][l] += w[l] * xs[t][k + l];
+  }
+  for (int t = 0; t < NT; ++t) {
+    float s = 0.0f;
+    for (int l = 0; l < 8; ++l) s += acc[t][l];
+    for (int64_t kk = k; kk < K; ++kk) s += kE4M3.v[row[kk]] * xs[t][kk];
+    out[t] = s;
+  }
+}
+
+void fp8_decode(const uint8_t* codes, int64_t n, float* out) {
+  for (int64_t k = 0; k < n; ++k) out[k] = kE4M3.v[codes[k]];
+}
+
+// portable form of the register tile in GCC/Clang vector types (one SSE / NEON register of
+// 4 floats per accumulator): the 2 x 6 tile plus its operands fits in 16 vector registers,
+// which plain arrays with a lane loop did not reliably get from the compiler
+typedef float fp8_v4 __attribute__((vector_size(16)));
+inline fp8_v4 fp8_v4_load(const float* p) {
+  fp8_v4 v;
+  memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <int M, int N>
+void fp8_tile(const float* p, int64_t ldp, const float* const* xs, int64_t nk, float* sums) {
+  fp8_v4 s[M][N];
+  for (int i = 0; i < M; ++i)
+    for (int t = 0; t < N; ++t) s[i][t] = fp8_v4{0.0f, 0.0f, 0.0f, 0.0f};
+  int64_t k = 0;
+  for (; k + 4 <= nk; k += 4) {
+    fp8_v4 w[M];
+    for (int i = 0; i < M; ++i) w[i] = fp8_v4_load(p + i * ldp + k);
+    for (int t = 0; t < N; ++t) {
+      const fp8_v4 x = fp8_v4_load(xs[t] + k);
+      for (int i = 0; i < M; ++i) s[i][t] += w[i] * x;
+    }
+  }
+  for (int i = 0; i < M; ++i)
+    for (int t = 0; t < N; ++t) {
+      float v = (s[i][t][0] + s[i][t][1]) + (s[i][t][2] + s[i][t][3]);
+      for (int64_t kk = k; kk < nk; ++kk) v += p[i * ldp + kk] * xs[t][kk];
+      sums[i * N + t] = v;
+    }
+}
+#endif
+
+using Fp8TileFn = void (*)(const float*, int64_t, const float* const*, int64_t, float*);
+
+// fp8_tile<m, n> for the tile and its edges (m rows <= FP8_TILE_ROWS, n tokens <= FP8_TILE_TOKENS)
+template <int M>
+Fp8TileFn fp8_tile_for_tokens(int n) {
+  switch (n) {
+    case 1: return fp8_tile<M, 1>;
+    case 2: return fp8_tile<M, 2>;
+    case 3: return fp8_tile<M, 3>;
+    case 4: return fp8_tile<M, 4>;
+    case 5: return fp8_tile<M, 5>;
+    default: return fp8_tile<M, 6>;
+  }
+}
+static_assert(FP8_TILE_ROWS == 2 && FP8_TILE_TOKENS == 6, "fp8_tile_for_tokens covers 1..2 x 1..6");
+static_assert(FP8_TOKEN_BLOCK % FP8_TILE_TOKENS == 0, "whole tiles in a token block");
+
+void matmul_fp8(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy) {
+  if (a.T <= FP8_FUSED_MAX_T) {  // too few tokens to pay for a panel: decode in registers
+    const float* xs[FP8_FUSED_MAX_T];
+    for (int64_t t = 0; t < a.T; ++t) xs[t] = a.x + t * a.ldx;
+    for (int64_t r = r0; r < r1; ++r) {
+      float out[FP8_FUSED_MAX_T];
+      const uint8_t* row = w.data + r * w.row_bytes;
+      switch (a.T) {
+        case 1: fp8_row_tokens<1>(row, xs, w.K, out); break;
+        case 2: fp8_row_tokens<2>(row, xs, w.K, out); break;
+        case 3: fp8_row_tokens<3>(row, xs, w.K, out); break;
+        default: fp8_row_tokens<4>(row, xs, w.K, out); break;
+      }
+      const float sc = FP8_DECODED_UNIT * fp8_row_scale(w, r);
+      for (int64_t t = 0; t < a.T; ++t) y[t * ldy + r] = out[t] * sc;
+    }
+    return;
+  }
+  if (w.K == 0) {  // an empty dot product is 0 (the K-block loop below would write nothing)
+    for (int64_t t = 0; t < a.T; ++t)
+      for (int64_t r = r0; r < r1; ++r) y[t * ldy + r] = 0.0f;
+    return;
+  }
+  // Loop order: token block, K block, row block. The inputs of one (token block, K block)
+  // (FP8_TOKEN_BLOCK x FP8_PANEL_K fp32 = 72 KB) stay in L2 while every row block of the
+  // range passes over them; y itself holds the partial sums between K blocks (unscaled
+  // until the last block), so nothing here depends on the size of the row range.
+  float panel[FP8_PANEL_ROWS * FP8_PANEL_K];
+  for (int64_t tb = 0; tb < a.T; tb += FP8_TOKEN_BLOCK) {
+    const int64_t nt = k_min(FP8_TOKEN_BLOCK, a.T - tb);
+    for (int64_t kb = 0; kb < w.K; kb += FP8_PANEL_K) {
+      const int64_t nk = k_min(FP8_PANEL_K, w.K - kb);
+      const bool first = kb == 0, last = kb + nk == w.K;
+      for (int64_t rb = r0; rb < r1; rb += FP8_PANEL_ROWS) {
+        const int64_t nr = k_min(FP8_PANEL_ROWS, r1 - rb);
+        for (int64_t i = 0; i < nr; ++i) fp8_decode(w.data + (rb + i) * w.row_bytes + kb, nk, panel + i * FP8_PANEL_K);
+        // tiles of near-equal width (8 tokens = 4 + 4, not 6 + 2): a narrow tile has too few
+        // FMA chains to cover the FMA latency
+        const int64_t tiles = (nt + FP8_TILE_TOKENS - 1) / FP8_TILE_TOKENS;
+        for (int64_t t = tb, left = tiles; left > 0; --left) {
+          const int n = (int)((tb + nt - t + left - 1) / left);
+          const float* xs[FP8_TILE_TOKENS];
+          for (int j = 0; j < n; ++j) xs[j] = a.x + (t + j) * a.ldx + kb;
+          for (int64_t i = 0; i < nr; i += FP8_TILE_ROWS) {
+            const int m = (int)k_min(FP8_TILE_ROWS, nr - i);
+            float sums[FP8_TILE_ROWS * FP8_TILE_TOKENS];
+            (m == FP8_TILE_ROWS ? fp8_tile_for_tokens<FP8_TILE_ROWS>(n) : fp8_tile_for_tokens<1>(n))(
+                panel + i * FP8_PANEL_K, FP8_PANEL_K, xs, nk, sums);
+            for (int ii = 0; ii < m; ++ii) {
+              const float sc = FP8_DECODED_UNIT * fp8_row_scale(w, rb + i + ii);
+              for (int j = 0; j < n; ++j) {
+                float& out = y[(t + j) * ldy + rb + i + ii];
+                const float v = first ? sums[ii * n + j] : out + sums[ii * n + j];
+                out = last ? v * sc : v;
+              }
+            }
+          }
+          t += n;
+        }
+      }
+    }
+  }
+}
 
 // ---- quantized weights: one row against NT tokens --------------------------------------
 #if defined(__AVX2__)
@@ -292,29 +511,28 @@ void row_tile_quant(const uint8_t* row, int64_t nb, const BlockQ8Act* const* xs,
 // ---- drivers: rows outer (each row read once per token tile), tokens inner -------------
 template <int TYPE>
 void matmul_float(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy) {
+  if (TYPE == GGML_I8) return matmul_fp8(w, r0, r1, a, y, ldy);
   int64_t r = r0;
 #if defined(NEMOCPU_HAVE_ROWS2)
   if (a.T >= TILE_T) {  // prefill: pairs of rows over full token tiles, the leftovers below
     const int64_t t_full = a.T / TILE_T * TILE_T;
     for (; r + 2 <= r1; r += 2) {
       const uint8_t* row0 = w.data + r * w.row_bytes;
-      const float sc0 = TYPE == GGML_I8 ? fp8_row_scale(w, r) : 1.0f;
-      const float sc1 = TYPE == GGML_I8 ? fp8_row_scale(w, r + 1) : 1.0f;
       float out[2 * TILE_T];
       for (int64_t t = 0; t < t_full; t += TILE_T) {
         const float* xs[TILE_T];
         for (int i = 0; i < TILE_T; ++i) xs[i] = a.x + (t + i) * a.ldx;
         rows2_tile_float<TYPE>(row0, row0 + w.row_bytes, w.K, xs, out);
         for (int i = 0; i < TILE_T; ++i) {
-          y[(t + i) * ldy + r] = out[i] * sc0;
-          y[(t + i) * ldy + r + 1] = out[TILE_T + i] * sc1;
+          y[(t + i) * ldy + r] = out[i];
+          y[(t + i) * ldy + r + 1] = out[TILE_T + i];
         }
       }
       for (int64_t t = t_full; t < a.T; ++t) {
         const float* xs[1] = {a.x + t * a.ldx};
         for (int j = 0; j < 2; ++j) {
           row_tile_float<TYPE, 1>(row0 + j * w.row_bytes, w.K, xs, out);
-          y[t * ldy + r + j] = out[0] * (j ? sc1 : sc0);
+          y[t * ldy + r + j] = out[0];
         }
       }
     }
@@ -322,19 +540,18 @@ void matmul_float(const WeightMatrix& w, int64_t r0, int64_t r1, const Activatio
 #endif
   for (; r < r1; ++r) {
     const uint8_t* row = w.data + r * w.row_bytes;
-    const float sc = TYPE == GGML_I8 ? fp8_row_scale(w, r) : 1.0f;
     int64_t t = 0;
     float out[TILE_T];
     for (; t + TILE_T <= a.T; t += TILE_T) {
       const float* xs[TILE_T];
       for (int i = 0; i < TILE_T; ++i) xs[i] = a.x + (t + i) * a.ldx;
       row_tile_float<TYPE, TILE_T>(row, w.K, xs, out);
-      for (int i = 0; i < TILE_T; ++i) y[(t + i) * ldy + r] = out[i] * sc;
+      for (int i = 0; i < TILE_T; ++i) y[(t + i) * ldy + r] = out[i];
     }
     for (; t < a.T; ++t) {
       const float* xs[1] = {a.x + t * a.ldx};
       row_tile_float<TYPE, 1>(row, w.K, xs, out);
-      y[t * ldy + r] = out[0] * sc;
+      y[t * ldy + r] = out[0];
     }
   }
 }

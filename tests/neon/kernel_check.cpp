@@ -259,6 +259,10 @@ static void check_matmul_family(const KernelTable& s, const KernelTable& g) {
     check_matmul(s, g, type, 2688, 21, 9, std::ldexp(1.0, -16), true);
     check_matmul(s, g, type, 2688, 16, 1, std::ldexp(1.0, -16), true);
   }
+  // FP8 prefill blocking (matmul.cpp): 1-4 tokens decoded in registers, then panels of 256
+  // codes, blocks of 72 tokens, 2x6 tiles; K across panels with tails, T across blocks
+  const int64_t fp8_k[] = {255, 256, 257, 600, 1000};
+  for (int i = 0; i < 12; ++i) check_matmul(s, g, GGML_I8, fp8_k[irange(0, 4)], irange(1, 37), irange(2, 160), 0);
 }
 
 // dequant_row: exact (FP8: code * scale is one correctly rounded fp32 product); all 256 FP8 codes.
