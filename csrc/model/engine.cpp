@@ -173,7 +173,9 @@ void Engine::run(std::vector<MatJob> jobs) {
       if (j.w.layout != LAYOUT_ROWS) continue;
       const auto it = x8_.find(j.w.data);
       if (it == x8_.end()) continue;
-      if (!it->second.done) todo.push_back(&it->second);
+      // (the same matrix in two jobs is repacked once)
+      if (!it->second.done && std::find(todo.begin(), todo.end(), &it->second) == todo.end())
+        todo.push_back(&it->second);
       j.w.data = it->second.dst;
       j.w.layout = LAYOUT_X8;
     }
