@@ -1,11 +1,12 @@
 #!/bin/sh
-# Build bench/attn_ab.cpp against csrc/kernels/attention.cpp at git REF (default main, "old":
-# one query head per call) and in the working tree ("new": grouped + split-K), avx2 flags,
-# -O3 like the Release build; then run it:
+# Build bench/attn_ab.cpp against csrc/kernels/attention.cpp at git REF ("old": one query head
+# per call; default 2f95363, the last commit before the grouped kernel - a REF that already has
+# the grouped kernel does not fit the harness's old-side calls) and in the working tree ("new":
+# grouped + split-K), avx2 flags, -O3 like the Release build; then run it:
 #   sh bench/attn_ab.sh [REF] && /tmp/attn_ab 16384 2      # decode at 16k keys, 2 threads
 # The old file is compiled against REF's own kernels.h, its AttnArgs renamed OldAttnArgs.
 set -e
-ref=${1:-main}
+ref=${1:-2f95363}
 root=$(git rev-parse --show-toplevel)
 out=${TMPDIR:-/tmp}/attn_ab_build
 rm -rf "$out" && mkdir -p "$out/old/nemocpu" "$out/old/kernels"
