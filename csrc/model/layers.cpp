@@ -11,6 +11,15 @@ namespace nemocpu {
 namespace {
 inline float softplus(float x) { return x > 20.0f ? x : std::log1p(std::exp(x)); }
 inline float relu2(float x) { return x > 0.0f ? x * x : 0.0f; }
+
+// Rows [r0, r0 + n) of a batch of activations.
+Activations rows_of(const Activations& a, int64_t r0, int64_t n) {
+  Activations s = a;
+  if (s.x) s.x += r0 * a.ldx;
+  if (s.q) s.q += r0 * a.ldq;
+  s.T = n;
+  return s;
+}
 }  // namespace
 
 // ---- Mamba-2 ---------------------------------------------------------------------------
@@ -171,36 +180,55 @@ void Engine::moe(const Layer& L, const float* h, int64_t T, float* out) {
     }
   }
   const int64_t Fsh = L.has_shexp ? L.up_shexp.rows : 0;
-  std::vector<float> xe(n_rows * E), act(n_rows * F + T * Fsh), ye(n_rows * E + T * E);
+  std::vector<float> act(n_rows * F + T * Fsh), ye(n_rows * E + T * E);
   float* act_sh = act.data() + n_rows * F;
   float* ye_sh = ye.data() + n_rows * E;
+
+  // The experts' inputs are the slots' rows of h. Where the experts dot int8 activations, h is
+  // quantized once and its blocks gathered (each token's row would otherwise be quantized again
+  // for each of its k experts); float experts gather fp32 rows.
+  std::vector<BlockQ8Act> qh, qx, qsh;
+  std::vector<float> xe;
+  const Activations ah = activations(L.up_exps, h, E, T, qh);
+  Activations up_in = ah;
+  up_in.T = n_rows;
+  if (ah.q) {
+    qx.resize(n_rows * ah.ldq);
+    up_in.q = qx.data();
+    up_in.x = nullptr;  // the int8 kernels read only the blocks
+  } else {
+    xe.resize(n_rows * E);
+    up_in.x = xe.data();
+  }
   pool_->parallel_for(n_rows, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) std::memcpy(xe.data() + r * E, h + (slot_of[r] / k) * E, E * sizeof(float));
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t t = slot_of[r] / k;
+      if (ah.q) std::memcpy(qx.data() + r * ah.ldq, ah.q + t * ah.ldq, ah.ldq * sizeof(BlockQ8Act));
+      else std::memcpy(xe.data() + r * E, h + t * E, E * sizeof(float));
+    }
   }, 16);
 
   std::vector<int64_t> active;
   for (int64_t e = 0; e < ne; ++e)
     if (count[e]) active.push_back(e);
-  std::vector<std::vector<BlockQ8Act>> qb(active.size() + 1);
   std::vector<MatJob> jobs;
-  for (size_t i = 0; i < active.size(); ++i) {
-    const int64_t e = active[i];
-    jobs.push_back({L.up_exps.mat(e), activations(L.up_exps, xe.data() + first[e] * E, E, count[e], qb[i]),
-                    act.data() + first[e] * F, F});
+  for (const int64_t e : active)
+    jobs.push_back({L.up_exps.mat(e), rows_of(up_in, first[e], count[e]), act.data() + first[e] * F, F});
+  if (L.has_shexp) {
+    const bool same = L.up_shexp.quantized_act() == L.up_exps.quantized_act();  // same encoding of h
+    jobs.push_back({L.up_shexp.mat(), same ? ah : activations(L.up_shexp, h, E, T, qsh), act_sh, Fsh});
   }
-  if (L.has_shexp) jobs.push_back({L.up_shexp.mat(), activations(L.up_shexp, h, E, T, qb.back()), act_sh, Fsh});
   run(jobs);
   pool_->parallel_for((int64_t)act.size(), [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) act[i] = relu2(act[i]);
   }, 1 << 14);
   jobs.clear();
-  for (size_t i = 0; i < active.size(); ++i) {
-    const int64_t e = active[i];
-    jobs.push_back({L.down_exps.mat(e), activations(L.down_exps, act.data() + first[e] * F, F, count[e], qb[i]),
-                    ye.data() + first[e] * E, E});
-  }
+  std::vector<BlockQ8Act> qa, qash;  // the experts' activations, quantized in one pass
+  const Activations down_in = activations(L.down_exps, act.data(), F, n_rows, qa);
+  for (const int64_t e : active)
+    jobs.push_back({L.down_exps.mat(e), rows_of(down_in, first[e], count[e]), ye.data() + first[e] * E, E});
   if (L.has_shexp)
-    jobs.push_back({L.down_shexp.mat(), activations(L.down_shexp, act_sh, Fsh, T, qb.back()), ye_sh, E});
+    jobs.push_back({L.down_shexp.mat(), activations(L.down_shexp, act_sh, Fsh, T, qash), ye_sh, E});
   run(jobs);
 
   // out[t] = shared[t] + sum_j w_j expert_j(t), slots in order: independent of threads and chunking
