@@ -134,11 +134,9 @@ py::tuple quantize_q8_0(const F32Array& x, const py::object& variant) {
 }
 
 py::array_t<float> dequantize(const U8Array& w, int type, int64_t K, int64_t rows, const py::object& scale,
-                              const py::object& variant, const std::string& layout) {
+                              const py::object& variant) {
   F32Array sk;
-  WeightMatrix m = weight_matrix(w, type, K, rows, scale, sk);
-  std::vector<uint8_t> packed;
-  apply_layout(m, layout, packed);
+  const WeightMatrix m = weight_matrix(w, type, K, rows, scale, sk);
   py::array_t<float> out({rows, K});
   for (int64_t r = 0; r < rows; ++r) table(variant).dequant_row(m, r, out.mutable_data() + r * K);
   return out;
@@ -313,7 +311,7 @@ void register_ops(py::module_& m) {
         "(kernel benchmarks: bench/x8_kernels.py)");
   m.def("quantize_q8_0", &quantize_q8_0, py::arg("x"), V, "activation quantization -> (d [nb], qs [nb, 32])");
   m.def("dequantize", &dequantize, py::arg("w"), py::arg("type"), py::arg("K"), py::arg("rows"),
-        py::arg("scale") = py::none(), V, py::arg("layout") = "rows");
+        py::arg("scale") = py::none(), V);
   m.def("rmsnorm", &rmsnorm, py::arg("x"), py::arg("w"), py::arg("eps"), V);
   m.def("gated_rmsnorm", &gated_rmsnorm, py::arg("y"), py::arg("z"), py::arg("w"), py::arg("group"),
         py::arg("eps"), V);

@@ -582,7 +582,6 @@ void matmul_quant(const WeightMatrix& w, int64_t r0, int64_t r1, const Activatio
 // The 8-row interleaved layout of Q8_0 / Q4_0 (csrc/kernels/matmul_x8.cpp).
 void matmul_x8(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy);
 void matmul_x8_ref(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy);
-void dequant_row_x8(const WeightMatrix& w, int64_t r, float* out);
 
 void matmul(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations& a, float* y, int64_t ldy) {
   if (w.layout == LAYOUT_X8) return matmul_x8(w, r0, r1, a, y, ldy);  // matmul_x8.cpp
@@ -654,7 +653,6 @@ void quantize_q8(const float* x, int64_t n, BlockQ8Act* out) {
 }
 
 void dequant_row(const WeightMatrix& w, int64_t r, float* out) {
-  if (w.layout == LAYOUT_X8) return dequant_row_x8(w, r, out);
   const uint8_t* row = w.data + r * w.row_bytes;
   switch (w.type) {
     case GGML_F32: memcpy(out, row, (size_t)w.K * 4); break;

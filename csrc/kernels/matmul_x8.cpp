@@ -256,16 +256,5 @@ void matmul_x8_ref(const WeightMatrix& w, int64_t r0, int64_t r1, const Activati
   }
 }
 
-void dequant_row_x8(const WeightMatrix& w, int64_t r, float* out) {
-  const int64_t nb = w.K / QK, sb_bytes = superblock_bytes(w.type);
-  const uint8_t* g = w.data + (r / R8) * R8 * w.row_bytes;
-  const int i = (int)(r % R8);
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint8_t* sb = g + b * sb_bytes;
-    const float d = x8_scale(sb, i);
-    for (int k = 0; k < QK; ++k) out[b * QK + k] = (float)x8_code(w.type, sb, i, k) * d;
-  }
-}
-
 }  // namespace NEMOCPU_VARIANT
 }  // namespace nemocpu

@@ -40,24 +40,24 @@ Engine::Engine(const HParams& hp, const TensorMap& tensors, int n_threads, doubl
 void Engine::plan_repack(bool release_mapped) {
   std::vector<const Weight*> todo;
   for (const Layer& L : w_.layers)
-    for (const Weight* w : {&L.ssm_in, &L.ssm_out, &L.wq, &L.wk, &L.wv, &L.wo, &L.up_exps, &L.down_exps,
-                            &L.up_shexp, &L.down_shexp, &L.ffn_up, &L.ffn_down})
+    for (const Weight* w : L.matrices())
       if (w->data && x8_supported(w->type)) todo.push_back(w);
   if (w_.output.data && x8_supported(w_.output.type)) todo.push_back(&w_.output);
-  int64_t total = 0;  // every matrix's slot, 64-byte aligned
-  for (const Weight* w : todo) total += (x8_matrix_bytes(w->type, w->rows, w->K) + 63) / 64 * 64 * w->n_mat;
+  // every matrix's slot, 64-byte aligned
+  auto slot_bytes = [](const Weight* w) { return (x8_matrix_bytes(w->type, w->rows, w->K) + 63) / 64 * 64; };
+  int64_t total = 0;
+  for (const Weight* w : todo) total += slot_bytes(w) * w->n_mat;
   if (total == 0) return;
   repacked_ = WeightArena(total);  // address space only: pages appear as matrices are repacked
   int64_t off = 0;
   for (const Weight* w : todo) {
     // a tied lm_head shares its bytes with the embedding, which keeps reading the file's rows
     const bool release = release_mapped && !(w == &w_.output && w->data == w_.token_embd.data);
-    for (int64_t m = 0; m < w->n_mat; ++m) {
+    for (int64_t m = 0; m < w->n_mat; ++m, off += slot_bytes(w)) {
       PendingRepack p;
       p.src = w->mat(m);
       p.dst = repacked_.data() + off;
       p.release = release;
-      off += (x8_matrix_bytes(w->type, w->rows, w->K) + 63) / 64 * 64;
       x8_.emplace(p.src.data, p);
     }
   }
@@ -109,8 +109,7 @@ std::map<std::string, int64_t> Engine::memory_report() const {
   int64_t mapped = weight_bytes(w_.token_embd) + 4 * hp_.n_embd;
   if (w_.output.data != w_.token_embd.data) mapped += weight_bytes(w_.output);
   for (const Layer& L : w_.layers) {
-    for (const Weight* w : {&L.ssm_in, &L.ssm_out, &L.wq, &L.wk, &L.wv, &L.wo, &L.up_exps, &L.down_exps,
-                            &L.up_shexp, &L.down_shexp, &L.ffn_up, &L.ffn_down})
+    for (const Weight* w : L.matrices())
       if (w->data) mapped += weight_bytes(*w);
   }
   mapped -= repacked_src_bytes_.load();

@@ -18,7 +18,7 @@ const char* ggml_type_name(int type) {
 
 WeightMatrix Weight::mat(int64_t m) const {
   WeightMatrix w;
-  w.data = data + m * mat_bytes;
+  w.data = data + m * rows * row_bytes;
   w.type = type;
   w.K = K;
   w.rows = rows;
@@ -145,7 +145,6 @@ class Binder {
       fail(name, "size overflows");
     if (v.nbytes != expect)
       fail(name, "holds " + std::to_string(v.nbytes) + " bytes, expected " + std::to_string(expect));
-    w.mat_bytes = w.row_bytes * rows;
     if ((v.type == GGML_F32 && ((uintptr_t)v.data) % 4) || ((v.type == GGML_F16 || v.type == GGML_BF16 ||
          v.type == GGML_Q8_0 || v.type == GGML_Q4_0) && ((uintptr_t)v.data) % 2))
       fail(name, "data is misaligned for its type");

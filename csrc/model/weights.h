@@ -2,6 +2,7 @@
 // by its GGUF name, checked (present, allowed type, ggml shape, byte size) and turned into a
 // typed view. Nothing is copied. Errors are std::invalid_argument naming the tensor.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <map>
 #include <string>
@@ -25,7 +26,6 @@ struct Weight {
   const uint8_t* data = nullptr;
   int type = 0;
   int64_t K = 0, rows = 0, n_mat = 1, row_bytes = 0;
-  int64_t mat_bytes = 0;      // matrix m starts at data + m * mat_bytes
   const float* scale = nullptr;  // FP8
   int64_t n_scale = 0;
 
@@ -48,6 +48,11 @@ struct Layer {
   bool has_shexp = false;
   // dense MLP
   Weight ffn_up, ffn_down;
+
+  // Every matrix slot of the layer (unused ones have data == nullptr).
+  std::array<const Weight*, 12> matrices() const {
+    return {&ssm_in, &ssm_out, &wq, &wk, &wv, &wo, &up_exps, &down_exps, &up_shexp, &down_shexp, &ffn_up, &ffn_down};
+  }
 };
 
 struct ModelWeights {

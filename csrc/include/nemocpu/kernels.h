@@ -80,7 +80,7 @@ struct KernelTable {
                      float* y, int64_t ldy) = nullptr;
   // n % 32 == 0
   void (*quantize_q8)(const float* x, int64_t n, BlockQ8Act* out) = nullptr;
-  // row r of W as fp32 [K] (embedding lookup)
+  // row r of W as fp32 [K] (embedding lookup; LAYOUT_ROWS: the embedding is never repacked)
   void (*dequant_row)(const WeightMatrix& w, int64_t r, float* out) = nullptr;
   // out = x / sqrt(mean(x^2) + eps) * w
   void (*rmsnorm)(const float* x, const float* w, int64_t n, float eps, float* out) = nullptr;

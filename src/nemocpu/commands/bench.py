@@ -88,7 +88,7 @@ def run(args) -> dict:
     n_ctx = args.depth + max(args.n_prompt, args.n_gen)
     t_load = time.perf_counter()
     model = nemocpu.load(args.model, threads=args.threads, n_ctx=n_ctx, kv_type=args.kv_type, device=args.device,
-                         repack=None if args.device != "cpu" else not getattr(args, "no_repack", False))
+                         repack=None if args.device != "cpu" else not args.no_repack)
     load_s = time.perf_counter() - t_load
     t_warm = time.perf_counter()
     model.warm_up()                       # repack every matrix now, not inside a timed test
