@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <ctime>
 #include <stdexcept>
 #include <vector>
 
@@ -73,18 +72,10 @@ void apply_layout(WeightMatrix& m, const std::string& layout, std::vector<uint8_
   m.layout = LAYOUT_X8;
 }
 
-// Thread CPU seconds (a descheduled thread does not count: kernel benchmarks on a shared machine).
-double thread_cpu_seconds() {
-  timespec ts{};
-  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
-  return ts.tv_sec + 1e-9 * ts.tv_nsec;
-}
-
-py::object matmul(const U8Array& w, int type, int64_t K, int64_t rows, const F32Array& x,
-                  const py::object& scale, const py::object& variant, bool reference,
-                  const std::string& layout, int64_t r0, int64_t r1, int repeat, bool timed) {
+py::array_t<float> matmul(const U8Array& w, int type, int64_t K, int64_t rows, const F32Array& x,
+                          const py::object& scale, const py::object& variant, bool reference,
+                          const std::string& layout, int64_t r0, int64_t r1) {
   const KernelTable& kt = table(variant);
-  need(repeat >= 1, "repeat must be >= 1");
   need(x.ndim() == 2 && x.shape(1) == K, "x must be [T, K]");
   F32Array sk;
   WeightMatrix m = weight_matrix(w, type, K, rows, scale, sk);
@@ -108,14 +99,7 @@ py::object matmul(const U8Array& w, int type, int64_t K, int64_t rows, const F32
   }
   py::array_t<float> y({T, rows});
   std::fill(y.mutable_data(), y.mutable_data() + T * rows, std::nanf(""));  // rows outside [r0, r1) stay NaN
-  double seconds = 0;
-  {
-    py::gil_scoped_release release;
-    const double t0 = thread_cpu_seconds();
-    for (int i = 0; i < repeat; ++i) (reference ? kt.matmul_ref : kt.matmul)(m, r0, r1, a, y.mutable_data(), rows);
-    seconds = thread_cpu_seconds() - t0;
-  }
-  if (timed) return py::make_tuple(y, seconds);
+  (reference ? kt.matmul_ref : kt.matmul)(m, r0, r1, a, y.mutable_data(), rows);
   return y;
 }
 
@@ -304,11 +288,9 @@ void register_ops(py::module_& m) {
   const auto V = py::arg("variant") = py::none();
   m.def("matmul", &matmul, py::arg("w"), py::arg("type"), py::arg("K"), py::arg("rows"), py::arg("x"),
         py::arg("scale") = py::none(), V, py::arg("reference") = false, py::arg("layout") = "rows",
-        py::arg("r0") = 0, py::arg("r1") = -1, py::arg("repeat") = 1, py::arg("timed") = false,
+        py::arg("r0") = 0, py::arg("r1") = -1,
         "y[T, rows] = x[T, K] @ W.T with W the raw bytes of a [rows, K] matrix of ggml `type`; "
-        "layout 'x8' repacks W first (Q8_0/Q4_0); only rows [r0, r1) are computed (others NaN); "
-        "repeat: run the kernel that many times; timed: return (y, thread CPU seconds of those runs) "
-        "(kernel benchmarks: bench/x8_kernels.py)");
+        "layout 'x8' repacks W first (Q8_0/Q4_0); only rows [r0, r1) are computed (others NaN)");
   m.def("quantize_q8_0", &quantize_q8_0, py::arg("x"), V, "activation quantization -> (d [nb], qs [nb, 32])");
   m.def("dequantize", &dequantize, py::arg("w"), py::arg("type"), py::arg("K"), py::arg("rows"),
         py::arg("scale") = py::none(), V);

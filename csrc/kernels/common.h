@@ -79,3 +79,22 @@ static inline float k_bf16_to_f32(uint16_t h) {
 }
 
 static inline float k_silu(float x) { return x / (1.0f + expf(-x)); }
+
+// How far ahead of the weight stream the decode (T = 1) matmul kernels prefetch: both the FP8
+// row kernel (matmul.cpp) and the Q8_0/Q4_0 x8 tile (matmul_x8.cpp) measured best at 1-2 KB
+// from DRAM on the AMD EPYC development machine (bench/matmul_ab, bench/RESULTS.md).
+// Prefetches never fault, so it may point past the end of a matrix.
+static const int64_t K_DECODE_PREFETCH_BYTES = 2048;
+
+#if defined(__AVX2__)
+// acc + the dot products of u (unsigned bytes) and s (signed bytes), 4 bytes per int32 lane:
+// one vpdpbusd with AVX512-VNNI, else maddubs + madd (the int16 pair sums cannot saturate while
+// u <= 128 and |s| <= 127, which the sign trick |w| * sign(x, w) and Q4_0 nibbles guarantee).
+static inline __m256i k_dot_u8s8(__m256i acc, __m256i u, __m256i s) {
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+  return _mm256_dpbusd_epi32(acc, u, s);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+#endif
+}
+#endif

@@ -208,9 +208,7 @@ inline void fp8_to_fp16_x32(const uint8_t* codes, __m256i& lo, __m256i& hi) {
 
 // One row against NT tokens with the decode in registers (decode and few-token matmuls):
 // out[t] = sum_k E4M3(row[k]) * xs[t][k] * 2^-8. Four FMA chains per token when NT = 1, two
-// otherwise, hide the FMA latency; the prefetch runs FP8_PREFETCH bytes ahead of the stream
-// (it may point past the matrix: prefetches never fault).
-constexpr int FP8_PREFETCH = 2048;
+// otherwise, hide the FMA latency; the prefetch runs K_DECODE_PREFETCH_BYTES ahead of the stream.
 template <int NT>
 void fp8_row_tokens(const uint8_t* row, const float* const* xs, int64_t K, float* out) {
   constexpr int C = NT == 1 ? 4 : 2;
@@ -219,7 +217,7 @@ void fp8_row_tokens(const uint8_t* row, const float* const* xs, int64_t K, float
     for (int c = 0; c < C; ++c) f[t][c] = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 32 <= K; k += 32) {
-    if ((k & 63) == 0) _mm_prefetch((const char*)row + k + FP8_PREFETCH, _MM_HINT_T0);
+    if ((k & 63) == 0) _mm_prefetch((const char*)row + k + K_DECODE_PREFETCH_BYTES, _MM_HINT_T0);
     __m256i lo, hi;
     fp8_to_fp16_x32(row + k, lo, hi);
     const __m256 w0 = _mm256_cvtph_ps(_mm256_castsi256_si128(lo)), w1 = _mm256_cvtph_ps(_mm256_castsi256_si128(hi)),
@@ -426,14 +424,7 @@ void matmul_fp8(const WeightMatrix& w, int64_t r0, int64_t r1, const Activations
 #if defined(__AVX2__)
 // sum of 32 int8 products as 8 float lanes (llama.cpp's sign trick: |x| * sign(y, x)).
 inline __m256 mul_sum_i8(__m256i x, __m256i y) {
-  const __m256i ax = _mm256_sign_epi8(x, x);
-  const __m256i sy = _mm256_sign_epi8(y, x);
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-  return _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), ax, sy));  // u8 x s8 -> i32
-#else
-  const __m256i d16 = _mm256_maddubs_epi16(ax, sy);
-  return _mm256_cvtepi32_ps(_mm256_madd_epi16(d16, _mm256_set1_epi16(1)));
-#endif
+  return _mm256_cvtepi32_ps(k_dot_u8s8(_mm256_setzero_si256(), _mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)));
 }
 
 template <int TYPE>

@@ -35,10 +35,6 @@ constexpr int R8 = X8_ROWS;
 #define NEMOCPU_UNROLL
 #endif
 constexpr int TILE_T = 4;  // tokens per register tile (prefill)
-// Software prefetch distance of the decode tile: 1-2 KB ahead measured 1.1-1.5x the stream rate
-// of no prefetch from DRAM on the AMD EPYC development machine (bench/x8_kernels.py --rows 65536
-// --T 1; 4 KB was no better than none), on top of the hardware prefetcher.
-constexpr int64_t PREFETCH_BYTES = 2048;
 
 inline int64_t superblock_bytes(int type) {
   return R8 * (type == GGML_Q8_0 ? (int64_t)sizeof(BlockQ8_0) : (int64_t)sizeof(BlockQ4_0));
@@ -72,8 +68,8 @@ void group_tile(const uint8_t* g, int64_t nb, const BlockQ8Act* const* xs, float
   const __m256i ones16 = _mm256_set1_epi16(1);
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* sb = g + b * SB;
-    if (NT == 1)  // decode streams weights from DRAM: ask for them PREFETCH_BYTES ahead
-      for (int64_t off = 0; off < SB; off += 64) _mm_prefetch((const char*)sb + PREFETCH_BYTES + off, _MM_HINT_T0);
+    if (NT == 1)  // decode streams weights from DRAM: ask for them ahead of the stream
+      for (int64_t off = 0; off < SB; off += 64) _mm_prefetch((const char*)sb + K_DECODE_PREFETCH_BYTES + off, _MM_HINT_T0);
     const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)sb));
     const uint8_t* qs = sb + 2 * R8;
     __m256i isum[NT];
@@ -117,11 +113,7 @@ void group_tile(const uint8_t* g, int64_t nb, const BlockQ8Act* const* xs, float
         NEMOCPU_UNROLL
         for (int t = 0; t < NT; ++t) {
           const __m256i sx = _mm256_sign_epi8(_mm256_set1_epi32(load_i32(xs[t][b].qs + 4 * c)), w);
-#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-          isum[t] = _mm256_dpbusd_epi32(isum[t], aw, sx);
-#else
-          isum[t] = _mm256_add_epi32(isum[t], _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), ones16));
-#endif
+          isum[t] = k_dot_u8s8(isum[t], aw, sx);
         }
       }
     }
