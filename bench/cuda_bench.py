@@ -117,19 +117,54 @@ def time_decode(eng, n_ctx: int, n_steps: int, vocab: int, seed: int = 1) -> flo
     return n_steps / (time.perf_counter() - t0)
 
 
-def profile_decode(torch, eng, vocab: int, n_steps: int = 8) -> str:
-    """Per-kernel GPU time of a few graph-replayed decode steps (CUPTI via torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile
+def profile(torch, eng, vocab: int, n_steps: int = 8, prefill: int = 1024) -> str:
+    """Per-kernel GPU time (CUPTI via torch.profiler) of a few graph-replayed decode steps,
+    then of one prefill of `prefill` tokens."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
 
-    st = eng.new_state(256, "f16")
+    def table(prof):
+        """GPU kernels grouped by name and grid (the grid tells the shapes apart): launches,
+        mean and total microseconds, sorted by total."""
+        import os
+        import tempfile
+
+        fd, path = tempfile.mkstemp(suffix=".json")
+        os.close(fd)
+        prof.export_chrome_trace(path)
+        events = json.loads(Path(path).read_text()).get("traceEvents", [])
+        Path(path).unlink()
+        groups: dict = {}
+        for ev in events:
+            if ev.get("cat") != "kernel":
+                continue
+            name = ev["name"].replace("(anonymous namespace)::", "").replace("nemocpu::cuda::", "")
+            name = name.removeprefix("void ").split("(")[0]
+            key = (name[:48], str(ev.get("args", {}).get("grid")))
+            g = groups.setdefault(key, [0, 0.0])
+            g[0] += 1
+            g[1] += float(ev.get("dur", 0.0))
+        total = sum(g[1] for g in groups.values())
+        lines = [f"{'kernel':48} {'grid':>16} {'n':>6} {'mean us':>9} {'total us':>10} {'share':>6}"]
+        for (name, grid), (n, dur) in sorted(groups.items(), key=lambda kv: -kv[1][1])[:30]:
+            lines.append(f"{name:48} {grid:>16} {n:>6} {dur / n:9.2f} {dur:10.1f} {100 * dur / total:5.1f}%")
+        lines.append(f"GPU kernel time {total:.0f} us")
+        return "\n".join(lines)
+
+    st = eng.new_state(prefill + 64, "f16")
     eng.eval(st, np.arange(32, dtype=np.int32) % vocab)
     tok = np.array([7], np.int32)
     for _ in range(3):
         eng.eval(st, tok)
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(n_steps):
             eng.eval(st, tok)
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=70)
+    out = f"decode, {n_steps} steps:\n" + table(prof)
+    ids = np.random.default_rng(3).integers(0, vocab, prefill).astype(np.int32)
+    eng.eval(eng.new_state(prefill + 8, "f16"), ids)  # warm
+    st = eng.new_state(prefill + 8, "f16")
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        eng.eval(st, ids)
+    return out + f"\nprefill of {prefill} tokens:\n" + table(prof)
 
 
 def time_prefill(eng, n: int, vocab: int, reps: int = 2) -> float:
@@ -205,7 +240,7 @@ def main() -> None:
     ap.add_argument("--decode-steps", type=int, default=256)
     ap.add_argument("--peer", action="store_true", help="also time transformers' NemotronH in bf16")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--profile", action="store_true", help="per-kernel decode profile of the first type")
+    ap.add_argument("--profile", action="store_true", help="per-kernel decode and prefill profile of the first type")
     args = ap.parse_args()
 
     import torch
@@ -230,7 +265,7 @@ def main() -> None:
         print(f"{wtype}: decode {r['decode_tok_s']:.1f} tok/s, bound {r['bound_tok_s']:.0f} tok/s "
               f"({100 * r['decode_of_bound']:.0f}%), {active / 1e9:.2f} GB read per token", flush=True)
         if args.profile and wtype == args.types[0]:
-            print(profile_decode(torch, eng, hp.n_vocab), flush=True)
+            print(profile(torch, eng, hp.n_vocab), flush=True)
         for n in args.prefill:
             r[f"prefill_{n}_tok_s"] = time_prefill(eng, n, hp.n_vocab)
             print(f"{wtype}: prefill {n}: {r[f'prefill_{n}_tok_s']:.0f} tok/s", flush=True)

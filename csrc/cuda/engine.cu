@@ -326,9 +326,16 @@ void CudaEngine::mamba(const DevLayer& L, int mi, CudaState& st, Scratch& sc, in
 
 void CudaEngine::attention(const DevLayer& L, int ai, CudaState& st, Scratch& sc, int64_t T) {
   const int64_t E = hp_.n_embd, qw = hp_.n_head * hp_.head_dim, kvw = hp_.n_head_kv * hp_.head_dim;
-  lin(L.wq, sc.h, E, T, sc.q, qw);
-  lin(L.wk, sc.h, E, T, sc.k, kvw);
-  lin(L.wv, sc.h, E, T, sc.kv_v, kvw);
+  if (T == 1) {  // decode: q, k and v in one launch
+    VecBatch b;
+    b.jobs = {VecJob{&L.wq, nullptr, 0, sc.h, E, sc.q, qw}, VecJob{&L.wk, nullptr, 0, sc.h, E, sc.k, kvw},
+              VecJob{&L.wv, nullptr, 0, sc.h, E, sc.kv_v, kvw}};
+    gemv_batch(b, 1, stream_);
+  } else {
+    lin(L.wq, sc.h, E, T, sc.q, qw);
+    lin(L.wk, sc.h, E, T, sc.k, kvw);
+    lin(L.wv, sc.h, E, T, sc.kv_v, kvw);
+  }
   const int64_t layer_bytes = st.layout_.n_ctx * st.layout_.kv_row_bytes();
   const bool f16 = st.layout_.kv_type == GGML_F16;
   uint8_t* kc = st.k_ + ai * layer_bytes;
@@ -370,27 +377,23 @@ void CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
   route(r, stream_);
   float* act_sh = sc.act + T * k * F;
   float* ye_sh = sc.ye + T * k * E;
-  if (T == 1) {  // decode: expert ids stay on the device (graph-capturable)
-    LinearArgs up;
-    up.w = &L.up_exps;
-    up.mat_idx = sc.idx;
-    up.slices = k;
-    up.x = sc.h; up.ldx = E; up.x_slice = 0;
-    up.y = sc.act; up.ldy = F; up.y_slice = F;
+  if (T == 1) {
+    // decode: expert ids stay on the device (graph-capturable). The routed experts and the
+    // shared expert go up in one launch; the down projections are reduced per output row,
+    // weighted by the routing weights, which is the combine.
+    VecBatch up, down;
     up.relu2 = true;
-    linear(up, stream_);
-    LinearArgs down;
-    down.w = &L.down_exps;
-    down.mat_idx = sc.idx;
-    down.slices = k;
-    down.x = sc.act; down.ldx = F; down.x_slice = F;
-    down.y = sc.ye; down.ldy = E; down.y_slice = E;
-    linear(down, stream_);
-    if (L.has_shexp) {
-      lin(L.up_shexp, sc.h, E, 1, act_sh, Fsh, true);
-      lin(L.down_shexp, act_sh, Fsh, 1, ye_sh, E);
+    down.reduce = true;
+    for (int j = 0; j < k; ++j) {
+      up.jobs.push_back(VecJob{&L.up_exps, sc.idx, j, sc.h, E, sc.act + j * F, F});
+      down.jobs.push_back(VecJob{&L.down_exps, sc.idx, j, sc.act + j * F, F, sc.y, E, sc.wt + j});
     }
-    moe_combine(sc.ye, L.has_shexp ? ye_sh : nullptr, sc.wt, nullptr, 1, k, E, sc.y, stream_);
+    if (L.has_shexp) {
+      up.jobs.push_back(VecJob{&L.up_shexp, nullptr, 0, sc.h, E, act_sh, Fsh});
+      down.jobs.push_back(VecJob{&L.down_shexp, nullptr, 0, act_sh, Fsh, sc.y, E});
+    }
+    gemv_batch(up, 1, stream_);
+    gemv_batch(down, 1, stream_);
     return;
   }
   // prefill: group the (token, slot) pairs by expert on the host, one product per expert

@@ -5,6 +5,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace nemocpu {
 namespace cuda {
@@ -22,24 +23,41 @@ struct GpuWeight {
   float* s = nullptr;           // FP8: scale per row, [n_mat * rows]
 };
 
-// y[t*ldy + r] (+slices) = W_m . x[t*ldx + :K]; rows of x must be finite up to K (not Kp).
+// y[t*ldy + r] = (W_mat . x[t*ldx + :K])[r] for T tokens; x must be finite up to K (not Kp).
 struct LinearArgs {
   const GpuWeight* w;
-  const int32_t* mat_idx = nullptr;  // per slice: matrix index read on the device (MoE), or
-  int mat = 0;                       // this fixed matrix when mat_idx is null
-  int slices = 1;                    // independent products (MoE slots), grid.y
-  const float* x; int64_t ldx; int64_t x_slice = 0;
-  float* y; int64_t ldy; int64_t y_slice = 0;
+  int mat = 0;                       // matrix of a stack (experts)
+  const float* x; int64_t ldx;
+  float* y; int64_t ldy;
   int64_t T = 1;
   bool relu2 = false;                // y = relu(y)^2 (MoE / MLP up projections)
 };
+
+// Matrix-vector products launched together (decode: attention q/k/v, the MoE's routed experts
+// and its shared expert): runs of one weight type share a launch, up to kMaxVecJobs per launch.
+constexpr int kMaxVecJobs = 8;
+struct VecJob {
+  const GpuWeight* w = nullptr;
+  const int32_t* mat_idx = nullptr;  // matrix = mat_idx[mat], read on the device (MoE routing),
+  int mat = 0;                       // or matrix `mat` when mat_idx is null
+  const float* x = nullptr; int64_t ldx = 0;
+  float* y = nullptr; int64_t ldy = 0;
+  const float* scale = nullptr;      // device scalar multiplying this product (null: 1)
+};
+struct VecBatch {
+  std::vector<VecJob> jobs;
+  bool relu2 = false;
+  bool reduce = false;      // y of jobs[0] = sum over jobs of scale_j * product_j (same rows)
+  bool accumulate = false;  // add to y instead of overwriting it
+};
+void gemv_batch(const VecBatch& b, int64_t T, cudaStream_t s);
 
 // Raw GGUF bytes (device pointer; rows of src_row_bytes) -> the GPU layout, in place in w.
 void repack_weight(const uint8_t* src, int64_t src_row_bytes, const float* fp8_scales, int64_t n_scale,
                    GpuWeight& w, cudaStream_t s);
 
-// Chooses the matrix-vector kernel (few tokens, any type, fp32 math) or the tensor-core
-// matrix-matrix kernel (bf16 operands, fp32 accumulation) and launches it.
+// Chooses the matrix-vector kernel (few tokens or F32 weights: fp32 math) or the tensor-core
+// matrix-matrix kernel (3xBF16 operands, fp32 accumulation) and launches it.
 void linear(const LinearArgs& a, cudaStream_t s);
 
 void embed(const GpuWeight& w, const int32_t* tokens, int64_t T, float* x, int64_t E, cudaStream_t s);

@@ -2,9 +2,9 @@
 // per-row scale), Q8_0 and Q4_0.
 //   * repack_weight: GGUF rows -> rows padded to Kp (16-byte aligned), quant codes split from
 //     their fp16 block scales, so every kernel loads 16 aligned bytes per lane.
-//   * gemv: few tokens (decode, small MoE groups): one warp per weight row, fp32 math, the
-//     activations in shared memory laid out so that lanes reading consecutive 16-byte weight
-//     chunks read consecutive words (no bank conflicts). Memory-bound: weights read once.
+//   * gemv: few tokens (decode): two weight rows per warp, one 32-bit word per lane per step,
+//     many words in flight, fp32 math; several products per launch. Memory-bound: weights
+//     read once.
 //   * gemm: many tokens (prefill): bf16 tensor cores (WMMA, fp32 accumulation); weight tiles
 //     are decoded from their stored type into shared memory, activations rounded to bf16.
 #include <cuda_bf16.h>
@@ -13,12 +13,15 @@
 #include <mma.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <utility>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "cuda/check.h"
 #include "cuda/kernels.cuh"
+#include "cuda/launch.cuh"
 #include "nemocpu/ggml_types.h"
 
 namespace nemocpu {
@@ -26,28 +29,7 @@ namespace cuda {
 
 namespace {
 
-constexpr int kWarps = 8;        // gemv: warps per block
-constexpr int kRowsPerWarp = 2;  // gemv: rows per warp (activation reads shared by both)
-constexpr int kMaxGemvTokens = 8;
-
-// Elements held by one 16-byte chunk of a padded row.
-template <int TYPE> struct Chunk;
-template <> struct Chunk<GGML_F32> { static constexpr int n = 4; };
-template <> struct Chunk<GGML_F16> { static constexpr int n = 8; };
-template <> struct Chunk<GGML_BF16> { static constexpr int n = 8; };
-template <> struct Chunk<GGML_I8> { static constexpr int n = 16; };
-template <> struct Chunk<GGML_Q8_0> { static constexpr int n = 16; };
-template <> struct Chunk<GGML_Q4_0> { static constexpr int n = 32; };
-
-int sm_count() {
-  static int n = 0;
-  if (!n) {
-    int dev = 0;
-    NEMOCPU_CUDA_CHECK(cudaGetDevice(&dev));
-    NEMOCPU_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-  }
-  return n;
-}
+constexpr int kMaxGemvTokens = 8;  // more tokens: the tensor-core kernel
 
 int64_t elem_bytes_x2(int type) {  // bytes per 2 elements of a padded row
   switch (type) {
@@ -59,7 +41,8 @@ int64_t elem_bytes_x2(int type) {  // bytes per 2 elements of a padded row
   }
 }
 
-// Decode one 16-byte chunk into Chunk<TYPE>::n floats (block scale `d` applied by caller).
+// Decode one 16-byte chunk of a padded row (4, 8, 16 or 32 elements by type) into floats
+// (block scale applied by the caller).
 template <int TYPE>
 __device__ __forceinline__ void decode_chunk(const uint4 raw, float* w) {
   const uint8_t* b = reinterpret_cast<const uint8_t*>(&raw);
@@ -118,144 +101,320 @@ __global__ void repack_kernel(const uint8_t* src, int64_t src_rb, int type, int6
 }
 
 // ---- gemv ------------------------------------------------------------------------------
-struct GemvParams {
+// Few tokens (decode, prefills of <= 8 tokens, F32 weights). Each warp owns kVecRows weight
+// rows (or a slice of their K when a matrix has too few rows to fill the GPU: `ksplit` warps of
+// a block share the rows and the block sums their partials); each lane reads one 32-bit word
+// of each row per step, so a warp reads 128 contiguous bytes per row (one coalesced request),
+// and U words per row are requested before the first is used: a multiprocessor keeps tens of
+// KB of weight loads in flight, which is what batch-1 decode on an HBM GPU needs (the earlier
+// kernel staged x in shared memory first and kept ~4 KB per warp in flight: 1.4 TB/s). The
+// activations are read through L1 (every warp of a multiprocessor reads the same few KB).
+// Several products of one weight type share a launch (VecBatch): blockIdx.y picks the product,
+// or, in `reduce` mode, warp w of a block computes product w for the block's rows and the block
+// sums them (MoE down projections + the weighted combine). blockIdx.z: groups of NT tokens.
+//
+// Launched as a programmatic dependent (Hopper): the kernel may start while the previous one
+// still runs, requests its first weight words (weights never depend on earlier kernels), and
+// only then waits for the previous kernel (griddepcontrol.wait) before reading anything that
+// kernel wrote: activations, expert ids, routing weights, the output it accumulates into.
+constexpr int kVecWarps = 8, kVecRows = 2;
+static_assert(kMaxVecJobs <= kVecWarps, "reduce mode gives each product one warp of a block");
+
+struct VecJobDev {
   const uint8_t* q; const uint16_t* d; const float* s;
   int64_t K, Kp, rows, row_bytes;
   const int32_t* mat_idx; int mat;
-  const float* x; int64_t ldx, x_slice;
-  float* y; int64_t ldy, y_slice;
-  int relu2;
+  const float* x; int64_t ldx;
+  float* y; int64_t ldy;
+  const float* scale;
+};
+struct VecParams {
+  VecJobDev job[kMaxVecJobs];
+  int n_jobs, relu2, reduce, accumulate;
+  int ksplit;  // warps sharing the rows of a row group (1, 2, 4 or 8); 1 in reduce mode
 };
 
-template <int TYPE, int NT>
-__global__ void __launch_bounds__(kWarps * 32) gemv_kernel(GemvParams p) {
-  constexpr int EPC = Chunk<TYPE>::n;
-  extern __shared__ float xs[];  // [NT][Kp], element k of a row at (k % EPC) * nch + k / EPC
-  const int64_t Kp = p.Kp, nch = Kp / EPC;
-  const int slice = blockIdx.y;
-  const float* x = p.x + slice * p.x_slice;
-  for (int t = 0; t < NT; ++t)  // 32-bit index math: this loop is on every block's critical path
-    for (int k = threadIdx.x; k < (int)Kp; k += blockDim.x)
-      xs[t * (int)Kp + (k % EPC) * (int)nch + k / EPC] = k < p.K ? x[t * p.ldx + k] : 0.0f;
-  __syncthreads();
-  const int mat = p.mat_idx ? p.mat_idx[slice] : p.mat;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // Blocks stride over groups of kWarps * kRowsPerWarp rows: the activations staged above
-  // serve many rows, and the grid stays at a few blocks per multiprocessor.
-  const int64_t n_groups = (p.rows + kWarps * kRowsPerWarp - 1) / (kWarps * kRowsPerWarp);
-  for (int64_t grp = blockIdx.x; grp < n_groups; grp += gridDim.x) {
-  const int64_t r0 = (grp * kWarps + warp) * kRowsPerWarp;
-  if (r0 >= p.rows) continue;
-  const uint8_t* wrow[kRowsPerWarp];
-  const uint16_t* drow[kRowsPerWarp];
-  bool ok[kRowsPerWarp];
-#pragma unroll
-  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-    ok[rr] = r0 + rr < p.rows;
-    const int64_t grow = (int64_t)mat * p.rows + (ok[rr] ? r0 + rr : r0);
-    wrow[rr] = p.q + grow * p.row_bytes;
-    drow[rr] = p.d ? p.d + grow * (Kp / QK) : nullptr;
+// Activations x[e .. e+3] (zero past K: padded weights are zero, but x may hold anything there).
+__device__ __forceinline__ float4 ld_x4(const float* x, int64_t e, int64_t K, bool vec) {
+  if (vec && e + 4 <= K) return __ldg(reinterpret_cast<const float4*>(x + e));
+  return make_float4(e < K ? x[e] : 0.0f, e + 1 < K ? x[e + 1] : 0.0f, e + 2 < K ? x[e + 2] : 0.0f,
+                     e + 3 < K ? x[e + 3] : 0.0f);
+}
+__device__ __forceinline__ float2 ld_x2(const float* x, int64_t e, int64_t K, bool vec) {
+  if (vec && e + 2 <= K) return __ldg(reinterpret_cast<const float2*>(x + e));
+  return make_float2(e < K ? x[e] : 0.0f, e + 1 < K ? x[e + 1] : 0.0f);
+}
+// Exact small integers as floats without the quarter-rate I2F: 2^23 + n has n in its mantissa.
+__device__ __forceinline__ float low_byte_minus(uint32_t v, float bias) {
+  return __uint_as_float(0x4B000000u | (v & 0xffu)) - bias;
+}
+
+// The activations one word of a row multiplies: word w holds elements 4w.. (FP8, Q8_0), 2w..
+// (F16, BF16), w (F32), or, for Q4_0, word m of block b holds 32b + 4m + i (low nibbles) and
+// 32b + 16 + 4m + i (high nibbles). Loaded once, used by every row of the warp.
+struct WordX { float4 lo, hi; };
+
+template <int TYPE>
+__device__ __forceinline__ WordX load_word_x(const float* x, int64_t w, int64_t K, bool vec) {
+  WordX r;
+  if constexpr (TYPE == GGML_F32) {
+    r.lo.x = w < K ? x[w] : 0.0f;
+  } else if constexpr (TYPE == GGML_F16 || TYPE == GGML_BF16) {
+    const float2 v = ld_x2(x, 2 * w, K, vec);
+    r.lo.x = v.x;
+    r.lo.y = v.y;
+  } else if constexpr (TYPE == GGML_I8 || TYPE == GGML_Q8_0) {
+    r.lo = ld_x4(x, 4 * w, K, vec);
+  } else {
+    const int64_t e = (w / 4) * QK + (w % 4) * 4;
+    r.lo = ld_x4(x, e, K, vec);
+    r.hi = ld_x4(x, e + 16, K, vec);
   }
-  float acc[kRowsPerWarp][NT];
+  return r;
+}
+
+// Sum over the elements of word `wd` of weight * x (block scale not applied).
+template <int TYPE>
+__device__ __forceinline__ float dot_word(uint32_t wd, const WordX& x) {
+  if constexpr (TYPE == GGML_F32) {
+    return __uint_as_float(wd) * x.lo.x;
+  } else if constexpr (TYPE == GGML_F16) {
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&wd));
+    return f.x * x.lo.x + f.y * x.lo.y;
+  } else if constexpr (TYPE == GGML_BF16) {
+    return __uint_as_float(wd << 16) * x.lo.x + __uint_as_float(wd & 0xffff0000u) * x.lo.y;
+  } else if constexpr (TYPE == GGML_I8) {  // hardware e4m3x2 -> f16x2 (sm_89+)
+    const float2 a = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(wd & 0xffffu), __NV_E4M3)));
+    const float2 b = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(wd >> 16), __NV_E4M3)));
+    return a.x * x.lo.x + a.y * x.lo.y + b.x * x.lo.z + b.y * x.lo.w;
+  } else if constexpr (TYPE == GGML_Q8_0) {  // int8 b = (b ^ 0x80) - 128
+    const uint32_t u = wd ^ 0x80808080u;
+    return low_byte_minus(u, 8388736.0f) * x.lo.x + low_byte_minus(u >> 8, 8388736.0f) * x.lo.y +
+           low_byte_minus(u >> 16, 8388736.0f) * x.lo.z + low_byte_minus(u >> 24, 8388736.0f) * x.lo.w;
+  } else {  // Q4_0: nibble n is the weight n - 8
+    const uint32_t lo = wd & 0x0f0f0f0fu, hi = (wd >> 4) & 0x0f0f0f0fu;
+    return low_byte_minus(lo, 8388616.0f) * x.lo.x + low_byte_minus(lo >> 8, 8388616.0f) * x.lo.y +
+           low_byte_minus(lo >> 16, 8388616.0f) * x.lo.z + low_byte_minus(lo >> 24, 8388616.0f) * x.lo.w +
+           low_byte_minus(hi, 8388616.0f) * x.hi.x + low_byte_minus(hi >> 8, 8388616.0f) * x.hi.y +
+           low_byte_minus(hi >> 16, 8388616.0f) * x.hi.z + low_byte_minus(hi >> 24, 8388616.0f) * x.hi.w;
+  }
+}
+
+// acc[rr][t] = row (r0 + rr) of job J dotted with token t of x over words [w_begin, w_end) of
+// the row (warp-reduced, valid in every lane), FP8 row scale applied.
+template <int TYPE, int NT, int U>
+__device__ __forceinline__ void dot_rows(const VecJobDev& J, int64_t r0, int64_t w_begin, int64_t w_end, int lane,
+                                         float (&acc)[kVecRows][NT]) {
+  if (J.mat_idx) pdl_wait();  // the expert id comes from the router
+  const int64_t m = J.mat_idx ? J.mat_idx[J.mat] : J.mat;
+  const bool vec = (reinterpret_cast<uintptr_t>(J.x) % 16 == 0) && (J.ldx % 4 == 0);
+  const uint32_t* wrow[kVecRows];
+  const uint16_t* drow[kVecRows];
 #pragma unroll
-  for (int rr = 0; rr < kRowsPerWarp; ++rr)
+  for (int rr = 0; rr < kVecRows; ++rr) {
+    const int64_t row = m * J.rows + min(r0 + rr, J.rows - 1);  // a missing last row repeats (not written)
+    wrow[rr] = reinterpret_cast<const uint32_t*>(J.q + row * J.row_bytes);
+    drow[rr] = J.d ? J.d + row * (J.Kp / QK) : nullptr;
+  }
+#pragma unroll
+  for (int rr = 0; rr < kVecRows; ++rr)
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[rr][t] = 0.0f;
-
-#pragma unroll 4
-  for (int64_t c = lane; c < nch; c += 32) {
-    uint4 raw[kRowsPerWarp];
+  for (int64_t w0 = w_begin; w0 < w_end; w0 += 32 * U) {
+    uint32_t wd[kVecRows][U];
 #pragma unroll
-    for (int rr = 0; rr < kRowsPerWarp; ++rr) raw[rr] = __ldg(reinterpret_cast<const uint4*>(wrow[rr]) + c);
+    for (int u = 0; u < U; ++u) {
+      const int64_t w = w0 + u * 32 + lane;
 #pragma unroll
-    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-      float w[EPC];
-      decode_chunk<TYPE>(raw[rr], w);
-      float dsc = 1.0f;
-      if constexpr (TYPE == GGML_Q8_0) dsc = __half2float(__ushort_as_half(drow[rr][c / 2]));
-      if constexpr (TYPE == GGML_Q4_0) dsc = __half2float(__ushort_as_half(drow[rr][c]));
+      for (int rr = 0; rr < kVecRows; ++rr) wd[rr][u] = w < w_end ? __ldg(wrow[rr] + w) : 0u;
+    }
+    pdl_wait();  // from here on, data of earlier kernels (a no-op after the first time)
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t w = w0 + u * 32 + lane;
+      if (w >= w_end) break;
+      float dsc[kVecRows];
+#pragma unroll
+      for (int rr = 0; rr < kVecRows; ++rr) {
+        dsc[rr] = 1.0f;
+        if constexpr (TYPE == GGML_Q8_0) dsc[rr] = __half2float(__ushort_as_half(__ldg(drow[rr] + w / 8)));
+        if constexpr (TYPE == GGML_Q4_0) dsc[rr] = __half2float(__ushort_as_half(__ldg(drow[rr] + w / 4)));
+      }
 #pragma unroll
       for (int t = 0; t < NT; ++t) {
-        const float* xt = xs + t * Kp + c;
-        float s = 0.0f;
+        const WordX xw = load_word_x<TYPE>(J.x + t * J.ldx, w, J.K, vec);
 #pragma unroll
-        for (int i = 0; i < EPC; ++i) s += w[i] * xt[i * nch];
-        acc[rr][t] += s * dsc;
+        for (int rr = 0; rr < kVecRows; ++rr) {
+          const float v = dot_word<TYPE>(wd[rr][u], xw);
+          if constexpr (TYPE == GGML_Q8_0 || TYPE == GGML_Q4_0) {
+            acc[rr][t] = fmaf(v, dsc[rr], acc[rr][t]);
+          } else {
+            acc[rr][t] += v;
+          }
+        }
       }
     }
   }
 #pragma unroll
-  for (int rr = 0; rr < kRowsPerWarp; ++rr)
+  for (int rr = 0; rr < kVecRows; ++rr)
 #pragma unroll
     for (int t = 0; t < NT; ++t) {
       float v = acc[rr][t];
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      if constexpr (TYPE == GGML_I8) v *= J.s[m * J.rows + min(r0 + rr, J.rows - 1)];
       acc[rr][t] = v;
     }
-  if (lane == 0) {
+}
+
+template <int TYPE, int NT, int U>
+__global__ void __launch_bounds__(kVecWarps * 32, NT == 1 ? 4 : 1) gemv_kernel(const __grid_constant__ VecParams p) {
+  pdl_trigger();
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t t0 = (int64_t)blockIdx.z * NT;
+  __shared__ float part[kVecWarps][kVecRows][NT];
+  float acc[kVecRows][NT];
+  if (!p.reduce) {
+    VecJobDev J = p.job[blockIdx.y];
+    J.x += t0 * J.ldx;
+    const int groups = kVecWarps / p.ksplit, ks = warp % p.ksplit;
+    const int64_t r0 = ((int64_t)blockIdx.x * groups + warp / p.ksplit) * kVecRows;
+    const int64_t W = J.row_bytes / 4, per = (W + 32 * p.ksplit - 1) / (32 * p.ksplit) * 32;
+    if (r0 < J.rows) {
+      dot_rows<TYPE, NT, U>(J, r0, ks * per, min(W, (ks + 1) * per), lane, acc);
+      if (lane == 0)
 #pragma unroll
-    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-      if (!ok[rr]) continue;
-      const int64_t row = r0 + rr;
-      const float sc = TYPE == GGML_I8 ? p.s[(int64_t)mat * p.rows + row] : 1.0f;
+        for (int rr = 0; rr < kVecRows; ++rr)
 #pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        float v = acc[rr][t] * sc;
-        if (p.relu2) v = v > 0.0f ? v * v : 0.0f;
-        p.y[slice * p.y_slice + t * p.ldy + row] = v;
-      }
+          for (int t = 0; t < NT; ++t) part[warp][rr][t] = acc[rr][t];
+    }
+    pdl_wait();  // (every thread: the writes below follow the previous kernel)
+    __syncthreads();
+    for (int i = threadIdx.x; i < groups * kVecRows * NT; i += blockDim.x) {
+      const int g = i / (kVecRows * NT), rr = i / NT % kVecRows, t = i % NT;
+      const int64_t row = ((int64_t)blockIdx.x * groups + g) * kVecRows + rr;
+      if (row >= J.rows) continue;
+      float v = 0.0f;
+      for (int k = 0; k < p.ksplit; ++k) v += part[g * p.ksplit + k][rr][t];
+      if (J.scale) v *= *J.scale;
+      if (p.relu2) v = v > 0.0f ? v * v : 0.0f;
+      float* dst = J.y + (t0 + t) * J.ldy + row;
+      *dst = p.accumulate ? *dst + v : v;
+    }
+    return;
+  }
+  // reduce: warp w computes product w of rows [r0, r0 + kVecRows); summed in product order
+  const int64_t r0 = (int64_t)blockIdx.x * kVecRows;
+  if (warp < p.n_jobs) {
+    VecJobDev J = p.job[warp];
+    J.x += t0 * J.ldx;
+    dot_rows<TYPE, NT, U>(J, r0, 0, J.row_bytes / 4, lane, acc);
+    const float sc = J.scale ? *J.scale : 1.0f;
+    if (lane == 0)
+#pragma unroll
+      for (int rr = 0; rr < kVecRows; ++rr)
+#pragma unroll
+        for (int t = 0; t < NT; ++t) {
+          float v = acc[rr][t];
+          if (p.relu2) v = v > 0.0f ? v * v : 0.0f;
+          part[warp][rr][t] = v * sc;
+        }
+  }
+  pdl_wait();
+  __syncthreads();
+  const int64_t rows = p.job[0].rows;
+  if (threadIdx.x < kVecRows * NT) {
+    const int rr = threadIdx.x / NT, t = threadIdx.x % NT;
+    if (r0 + rr < rows) {
+      float v = 0.0f;
+      for (int j = 0; j < p.n_jobs; ++j) v += part[j][rr][t];
+      float* dst = p.job[0].y + (t0 + t) * p.job[0].ldy + r0 + rr;
+      *dst = p.accumulate ? *dst + v : v;
     }
   }
+}
+
+// Blocks per multiprocessor the gemv reaches (registers bound it; measured by the runtime).
+template <int TYPE, int NT, int U>
+int gemv_blocks_per_sm() {
+  static int n = 0;
+  if (!n) {
+    NEMOCPU_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<TYPE, NT, U>, kVecWarps * 32, 0));
+    n = std::max(n, 1);
   }
+  return n;
 }
 
 template <int TYPE, int NT>
-void launch_gemv_t(const GemvParams& p, int slices, cudaStream_t s) {
-  const size_t smem = (size_t)NT * p.Kp * sizeof(float);
-  static size_t raised = 48 * 1024;  // per instantiation: dynamic shared memory opted into
-  if (smem > raised) {
-    NEMOCPU_CUDA_CHECK(cudaFuncSetAttribute(gemv_kernel<TYPE, NT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            (int)smem));
-    raised = smem;
+void launch_gemv_t(VecParams p, int64_t max_rows, int64_t groups_of_nt, cudaStream_t s) {
+  constexpr int U = 8;  // words in flight per row and lane (16: more registers, fewer warps, same bytes)
+  dim3 grid;
+  if (p.reduce) {
+    p.ksplit = 1;
+    grid = dim3((unsigned)((max_rows + kVecRows - 1) / kVecRows), 1, (unsigned)groups_of_nt);
+  } else {
+    // Split K until the launch has about two resident waves of warps (small matrices: the
+    // router's 128 rows, the 2688-row output projections), keeping >= 4 words per lane.
+    const int64_t want = 2LL * sm_count() * gemv_blocks_per_sm<TYPE, NT, U>() * kVecWarps;
+    const int64_t W = p.job[0].row_bytes / 4;
+    int64_t warps = (max_rows + kVecRows - 1) / kVecRows * p.n_jobs * groups_of_nt;
+    p.ksplit = 1;
+    while (p.ksplit < kVecWarps && warps < want && W / (2 * p.ksplit) >= 32 * 4) {
+      p.ksplit *= 2;
+      warps *= 2;
+    }
+    const int64_t rows_per_block = (int64_t)(kVecWarps / p.ksplit) * kVecRows;
+    grid = dim3((unsigned)((max_rows + rows_per_block - 1) / rows_per_block), (unsigned)p.n_jobs,
+                (unsigned)groups_of_nt);
   }
-  const int64_t rows_per_block = kWarps * kRowsPerWarp;
-  const int64_t groups = (p.rows + rows_per_block - 1) / rows_per_block;
-  const int64_t cap = std::max<int64_t>(1, (int64_t)sm_count() * 8 / slices);  // 8 blocks of 256 fill an SM
-  dim3 grid((unsigned)std::min(groups, cap), (unsigned)slices);
-  gemv_kernel<TYPE, NT><<<grid, kWarps * 32, smem, s>>>(p);
-  NEMOCPU_CUDA_CHECK(cudaGetLastError());
+  launch_pdl(gemv_kernel<TYPE, NT, U>, grid, dim3(kVecWarps * 32), s, p);
 }
 
 template <int TYPE>
-void launch_gemv(const GemvParams& p, int nt, int slices, cudaStream_t s) {
+void launch_gemv(const VecParams& p, int nt, int64_t max_rows, int64_t groups, cudaStream_t s) {
   switch (nt) {
-    case 1: launch_gemv_t<TYPE, 1>(p, slices, s); break;
-    case 2: launch_gemv_t<TYPE, 2>(p, slices, s); break;
-    case 4: launch_gemv_t<TYPE, 4>(p, slices, s); break;
-    default: launch_gemv_t<TYPE, 8>(p, slices, s); break;
+    case 1: launch_gemv_t<TYPE, 1>(p, max_rows, groups, s); break;
+    case 2: launch_gemv_t<TYPE, 2>(p, max_rows, groups, s); break;
+    case 4: launch_gemv_t<TYPE, 4>(p, max_rows, groups, s); break;
+    default: launch_gemv_t<TYPE, 8>(p, max_rows, groups, s); break;
   }
 }
 
-void gemv(const LinearArgs& a, cudaStream_t s) {
-  const GpuWeight& w = *a.w;
-  GemvParams p{w.q, w.d, w.s, w.K, w.Kp, w.rows, w.row_bytes, a.mat_idx, a.mat,
-               a.x, a.ldx, a.x_slice, a.y, a.ldy, a.y_slice, a.relu2 ? 1 : 0};
-  for (int64_t t0 = 0; t0 < a.T;) {
-    const int64_t left = a.T - t0;
+// T tokens of up to kMaxVecJobs products of one type, in launches of 8, 4, 2 and 1 tokens.
+void gemv(const VecJob* jobs, int n, bool relu2, bool reduce, bool accumulate, int64_t T, cudaStream_t s) {
+  const int type = jobs[0].w->type;
+  VecParams p{};
+  p.n_jobs = n;
+  p.relu2 = relu2;
+  p.reduce = reduce;
+  p.accumulate = accumulate;
+  int64_t max_rows = 0;
+  for (int j = 0; j < n; ++j) {
+    const VecJob& v = jobs[j];
+    const GpuWeight& w = *v.w;
+    if (reduce && w.rows != jobs[0].w->rows) throw std::invalid_argument("CUDA gemv: reduced products differ in rows");
+    p.job[j] = VecJobDev{w.q, w.d, w.s, w.K, w.Kp, w.rows, w.row_bytes, v.mat_idx, v.mat, v.x, v.ldx, v.y, v.ldy, v.scale};
+    max_rows = std::max(max_rows, w.rows);
+  }
+  // all whole groups of 8 tokens in one launch (grid.z), then the rest in 4, 2, 1
+  for (int64_t t0 = 0; t0 < T;) {
+    const int64_t left = T - t0;
     const int nt = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-    p.x = a.x + t0 * a.ldx;
-    p.y = a.y + t0 * a.ldy;
-    switch (w.type) {
-      case GGML_F32: launch_gemv<GGML_F32>(p, nt, a.slices, s); break;
-      case GGML_F16: launch_gemv<GGML_F16>(p, nt, a.slices, s); break;
-      case GGML_BF16: launch_gemv<GGML_BF16>(p, nt, a.slices, s); break;
-      case GGML_I8: launch_gemv<GGML_I8>(p, nt, a.slices, s); break;
-      case GGML_Q8_0: launch_gemv<GGML_Q8_0>(p, nt, a.slices, s); break;
-      case GGML_Q4_0: launch_gemv<GGML_Q4_0>(p, nt, a.slices, s); break;
+    const int64_t groups = nt == 8 ? std::min<int64_t>(left / 8, 65535) : 1;
+    for (int j = 0; j < n; ++j) {
+      p.job[j].x = jobs[j].x + t0 * jobs[j].ldx;
+      p.job[j].y = jobs[j].y + t0 * jobs[j].ldy;
+    }
+    switch (type) {
+      case GGML_F32: launch_gemv<GGML_F32>(p, nt, max_rows, groups, s); break;
+      case GGML_F16: launch_gemv<GGML_F16>(p, nt, max_rows, groups, s); break;
+      case GGML_BF16: launch_gemv<GGML_BF16>(p, nt, max_rows, groups, s); break;
+      case GGML_I8: launch_gemv<GGML_I8>(p, nt, max_rows, groups, s); break;
+      case GGML_Q8_0: launch_gemv<GGML_Q8_0>(p, nt, max_rows, groups, s); break;
+      case GGML_Q4_0: launch_gemv<GGML_Q4_0>(p, nt, max_rows, groups, s); break;
       default: throw std::invalid_argument("CUDA gemv: unsupported type");
     }
-    t0 += nt;
+    t0 += nt * groups;
   }
 }
 
@@ -280,6 +439,11 @@ __device__ __forceinline__ void split_bf16(float v, __nv_bfloat16& hi, __nv_bflo
   lo = __float2bfloat16(v - __bfloat162float(hi));
 }
 
+// Weights whose tile values are exact in bf16 need no low half: BF16 itself, and FP8 codes (3
+// mantissa bits) when the per-row scale multiplies the product instead. Their products take 2
+// tensor-core steps instead of 3.
+template <int TYPE> constexpr bool kExactBf16 = TYPE == GGML_BF16 || TYPE == GGML_I8;
+
 // 16 consecutive weights (k0 % 16 == 0) of one row of the matrix at q/d/s, as fp32.
 template <int TYPE>
 __device__ __forceinline__ void load_w16(const GemmParams& p, const uint8_t* q, const uint16_t* d, const float* s,
@@ -292,9 +456,8 @@ __device__ __forceinline__ void load_w16(const GemmParams& p, const uint8_t* q, 
   } else if constexpr (TYPE == GGML_F16 || TYPE == GGML_BF16) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) decode_chunk<TYPE>(__ldg(reinterpret_cast<const uint4*>(r + k0 * 2) + j), w + 8 * j);
-  } else if constexpr (TYPE == GGML_I8) {
+  } else if constexpr (TYPE == GGML_I8) {  // the row scale is applied to the product (kExactBf16)
     decode_chunk<TYPE>(__ldg(reinterpret_cast<const uint4*>(r + k0)), w);
-    sc = s[row];
   } else if constexpr (TYPE == GGML_Q8_0) {
     decode_chunk<TYPE>(__ldg(reinterpret_cast<const uint4*>(r + k0)), w);
     sc = __half2float(__ushort_as_half(d[row * (p.Kp / QK) + k0 / QK]));
@@ -367,7 +530,13 @@ __global__ void __launch_bounds__(256) gemm_kernel(GemmParams p) {
         for (int i = 0; i < 16; ++i) w[i] = 0.0f;
       }
 #pragma unroll
-      for (int i = 0; i < 16; ++i) split_bf16(w[i], Bh[n * LDS + kk + i], Bl[n * LDS + kk + i]);
+      for (int i = 0; i < 16; ++i) {
+        if constexpr (kExactBf16<TYPE>) {
+          Bh[n * LDS + kk + i] = __float2bfloat16(w[i]);
+        } else {
+          split_bf16(w[i], Bh[n * LDS + kk + i], Bl[n * LDS + kk + i]);
+        }
+      }
     }
     __syncthreads();
 #pragma unroll
@@ -382,14 +551,14 @@ __global__ void __launch_bounds__(256) gemm_kernel(GemmParams p) {
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
         wmma::load_matrix_sync(fb[j], Bh + (wn * 32 + j * 16) * LDS + ks, LDS);
-        wmma::load_matrix_sync(fbl[j], Bl + (wn * 32 + j * 16) * LDS + ks, LDS);
+        if constexpr (!kExactBf16<TYPE>) wmma::load_matrix_sync(fbl[j], Bl + (wn * 32 + j * 16) * LDS + ks, LDS);
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
           wmma::mma_sync(acc[i][j], fal[i], fb[j], acc[i][j]);
-          wmma::mma_sync(acc[i][j], fa[i], fbl[j], acc[i][j]);
+          if constexpr (!kExactBf16<TYPE>) wmma::mma_sync(acc[i][j], fa[i], fbl[j], acc[i][j]);
           wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
         }
     }
@@ -406,6 +575,7 @@ __global__ void __launch_bounds__(256) gemm_kernel(GemmParams p) {
     const int64_t t = t0 + m, row = n0 + n;
     if (t < T && row < p.rows) {
       float v = Cs[m * LDC + n];
+      if constexpr (TYPE == GGML_I8) v *= s[row];
       if (p.relu2) v = v > 0.0f ? v * v : 0.0f;
       y[t * p.ldy + row] = v;
     }
@@ -466,10 +636,23 @@ void grouped_linear(const GroupedArgs& a, cudaStream_t s) {
                               (unsigned)a.n_groups), s);
 }
 
+void gemv_batch(const VecBatch& b, int64_t T, cudaStream_t s) {
+  if (T <= 0) return;
+  bool accumulate = b.accumulate;
+  for (size_t j0 = 0; j0 < b.jobs.size();) {  // runs of one type, kMaxVecJobs at most
+    size_t j1 = j0 + 1;
+    while (j1 < b.jobs.size() && j1 - j0 < (size_t)kMaxVecJobs && b.jobs[j1].w->type == b.jobs[j0].w->type) ++j1;
+    gemv(b.jobs.data() + j0, (int)(j1 - j0), b.relu2, b.reduce, accumulate, T, s);
+    if (b.reduce) accumulate = true;  // later launches add to the same rows
+    j0 = j1;
+  }
+}
+
 void linear(const LinearArgs& a, cudaStream_t s) {
   if (a.T <= 0) return;
-  if (a.w->type == GGML_F32 || a.T <= kMaxGemvTokens || a.slices > 1 || a.mat_idx) {
-    gemv(a, s);  // F32 weights stay exact fp32 (tests, norms-sized tensors)
+  if (a.w->type == GGML_F32 || a.T <= kMaxGemvTokens) {  // F32 weights stay exact fp32 (tests, router)
+    const VecJob j{a.w, nullptr, a.mat, a.x, a.ldx, a.y, a.ldy, nullptr};
+    gemv(&j, 1, a.relu2, false, false, a.T, s);
   } else {
     gemm(a, s);
   }

@@ -9,6 +9,7 @@
 
 #include "cuda/check.h"
 #include "cuda/kernels.cuh"
+#include "cuda/launch.cuh"
 #include "nemocpu/ggml_types.h"
 
 namespace nemocpu {
@@ -16,6 +17,8 @@ namespace cuda {
 
 namespace {
 
+// Every kernel here starts with pdl_trigger(): the matrix product that usually follows is a
+// programmatic dependent launch (launch.cuh) and may start requesting its weights meanwhile.
 constexpr int kThreads = 256;
 
 unsigned blocks_for(int64_t n, int threads = kThreads) { return (unsigned)((n + threads - 1) / threads); }
@@ -47,6 +50,7 @@ __device__ float weight_at(const GpuWeight& w, int64_t row, int64_t k) {
 }
 
 __global__ void embed_kernel(GpuWeight w, const int32_t* tokens, float* x, int64_t E) {
+  pdl_trigger();
   const int64_t t = blockIdx.x;
   const int64_t row = tokens[t];
   for (int64_t k = threadIdx.x; k < E; k += blockDim.x) x[t * E + k] = weight_at(w, row, k);
@@ -65,75 +69,143 @@ __device__ float block_sum(float v) {
 }
 
 // x += y (the residual add of the previous block, when y is given), then out = rmsnorm(x).
-__global__ void rmsnorm_kernel(float* x, const float* y, const float* w, int64_t n, float eps, float* out) {
+// One block per row. Rows of up to kNormThreads * kNormPer values are held in registers, all
+// their loads issued at once: in decode this kernel is a chain of dependent memory latencies,
+// and a strided loop of 11 load-use steps per thread took ~9 us for a 2688-vector.
+constexpr int kNormThreads = 512, kNormPer = 8;
+
+__global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ y,
+                                                               const float* __restrict__ w, int64_t n, float eps,
+                                                               float* __restrict__ out) {
+  pdl_trigger();
   float* xr = x + blockIdx.x * n;
+  const float* yr = y ? y + blockIdx.x * n : nullptr;
+  float* orow = out + blockIdx.x * n;
   float ss = 0.0f;
+  if (n <= kNormThreads * kNormPer) {
+    float v[kNormPer];
+#pragma unroll
+    for (int j = 0; j < kNormPer; ++j) {
+      const int64_t i = threadIdx.x + j * kNormThreads;
+      v[j] = i < n ? xr[i] + (yr ? yr[i] : 0.0f) : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < kNormPer; ++j) {
+      const int64_t i = threadIdx.x + j * kNormThreads;
+      if (yr && i < n) xr[i] = v[j];
+      ss += v[j] * v[j];
+    }
+    const float inv = rsqrtf(block_sum(ss) / (float)n + eps);
+#pragma unroll
+    for (int j = 0; j < kNormPer; ++j) {
+      const int64_t i = threadIdx.x + j * kNormThreads;
+      if (i < n) orow[i] = v[j] * inv * w[i];
+    }
+    return;
+  }
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    if (y) xr[i] += y[blockIdx.x * n + i];
+    if (yr) xr[i] += yr[i];
     ss += xr[i] * xr[i];
   }
   const float inv = rsqrtf(block_sum(ss) / (float)n + eps);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) out[blockIdx.x * n + i] = xr[i] * inv * w[i];
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) orow[i] = xr[i] * inv * w[i];
 }
 
 // ---- Mamba-2 -------------------------------------------------------------------------
-// One thread per channel: all T outputs, then the state keeps the last K-1 pre-conv inputs.
-// Rows are shifted in ascending order, so the in-place move (row j <- row j + T) never reads
-// a row it already wrote.
+// Causal depthwise conv + SiLU: one thread per (channel, run of kConvTokens tokens); a token
+// reads the K-1 inputs before it from u or, before the chunk, from the conv state.
+constexpr int kConvTokens = 32;
+
+__device__ __forceinline__ float conv_input(const MambaArgs& a, int64_t tau, int64_t c, int64_t di) {
+  const int64_t S = a.K - 1;
+  return tau < 0 ? a.conv_state[(S + tau) * a.C + c] : a.u[tau * a.ldu + di + c];
+}
+
+// The state keeps the last K-1 pre-conv inputs. Rows are shifted in ascending order, so the
+// in-place move (row j <- row j + T) never reads a row it already wrote.
+__device__ __forceinline__ void update_conv_state(const MambaArgs& a, int64_t c, int64_t di) {
+  const int64_t S = a.K - 1;
+  for (int64_t j = 0; j < S; ++j) a.conv_state[j * a.C + c] = conv_input(a, a.T - S + j, c, di);
+}
+
 __global__ void conv_kernel(MambaArgs a) {
+  pdl_trigger();
   const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= a.C) return;
   const int64_t S = a.K - 1, di = a.nh * a.hd;
   float w[16];
   for (int64_t k = 0; k < a.K; ++k) w[k] = a.conv_w[c * a.K + k];
   const float b = a.conv_b[c];
-  for (int64_t t = 0; t < a.T; ++t) {
+  const int64_t t1 = min(a.T, (int64_t)(blockIdx.y + 1) * kConvTokens);
+  for (int64_t t = (int64_t)blockIdx.y * kConvTokens; t < t1; ++t) {
     float acc = b;
-    for (int64_t k = 0; k < a.K; ++k) {
-      const int64_t tau = t - S + k;
-      acc += w[k] * (tau < 0 ? a.conv_state[(S + tau) * a.C + c] : a.u[tau * a.ldu + di + c]);
-    }
+    for (int64_t k = 0; k < a.K; ++k) acc += w[k] * conv_input(a, t - S + k, c, di);
     a.xbc[t * a.C + c] = silu(acc);
   }
-  for (int64_t j = 0; j < S; ++j) {
-    const int64_t tau = a.T - S + j;
-    a.conv_state[j * a.C + c] = tau < 0 ? a.conv_state[(S + tau) * a.C + c] : a.u[tau * a.ldu + di + c];
-  }
+  if (gridDim.y == 1) update_conv_state(a, c, di);  // this thread was the channel's only reader
+}
+
+// After every read of the old state (one more kernel when several threads read a channel).
+__global__ void conv_state_kernel(MambaArgs a) {
+  pdl_trigger();
+  const int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (c < a.C) update_conv_state(a, c, a.nh * a.hd);
 }
 
 constexpr int kMaxStatePerLane = 8;  // d_state <= 256
+constexpr int kScanChunk = 16;       // tokens staged in shared memory at a time
 
-// One warp per (head, channel p): the N state values live in registers across all T tokens.
-__global__ void scan_kernel(MambaArgs a) {
-  const int64_t wid = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-  const int lane = threadIdx.x % 32;
-  if (wid >= a.nh * a.hd) return;
-  const int64_t h = wid / a.hd, p = wid % a.hd, g = h / (a.nh / a.G), di = a.nh * a.hd;
-  const int64_t N = a.N;
+// Selective scan, one warp per (head, channel p), the N state values in registers across all
+// T tokens; the warps of a block belong to one head (launch: warps per block divides hd).
+// Every kScanChunk tokens, the block stages what its warps share (B and C of the head's group,
+// dt and exp(dt A) of the head) and each warp's x in shared memory with coalesced loads, so
+// the token loop reads shared memory only (the per-token global loads were a latency chain:
+// 1.3 us per token, 1.4 ms per 1024-token layer).
+__global__ void __launch_bounds__(kThreads) scan_kernel(MambaArgs a) {
+  pdl_trigger();
+  __shared__ float sB[kScanChunk][kMaxStatePerLane * 32], sC[kScanChunk][kMaxStatePerLane * 32];
+  __shared__ float sdt[kScanChunk], sda[kScanChunk], sx[kScanChunk][kThreads / 32];
+  const int nw = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t wid = (int64_t)blockIdx.x * nw + warp;  // < nh * hd (the grid is exact)
+  const int64_t h = wid / a.hd, p = wid % a.hd, g = h / (a.nh / a.G), di = a.nh * a.hd, N = a.N;
+  const int64_t p0 = p - warp;  // first channel of the block
   float st[kMaxStatePerLane];
   float* S = a.ssm_state + wid * N;
 #pragma unroll
   for (int j = 0; j < kMaxStatePerLane; ++j) st[j] = lane + 32 * j < N ? S[lane + 32 * j] : 0.0f;
   const float A = a.A[h], D = a.D[h], bias = a.dt_bias[h];
-  for (int64_t t = 0; t < a.T; ++t) {
-    float dt = softplus(a.u[t * a.ldu + di + a.C + h] + bias);
-    if (a.dt_floor > 0.0f) dt = fmaxf(dt, a.dt_floor);
-    const float da = expf(dt * A);
-    const float xv = a.xbc[t * a.C + h * a.hd + p];
-    const float xdt = xv * dt;
-    const float* B = a.xbc + t * a.C + di + g * N;
-    const float* Cm = B + a.G * N;
-    float acc = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kMaxStatePerLane; ++j) {
-      const int64_t n = lane + 32 * j;
-      if (n < N) {
-        st[j] = st[j] * da + xdt * B[n];
-        acc += st[j] * Cm[n];
-      }
+  for (int64_t t0 = 0; t0 < a.T; t0 += kScanChunk) {
+    const int tc = (int)min((int64_t)kScanChunk, a.T - t0);
+    __syncthreads();  // the previous chunk is consumed
+    for (int i = threadIdx.x; i < tc * N; i += blockDim.x) {
+      const int64_t t = t0 + i / N, n = i % N;
+      const float* row = a.xbc + t * a.C + di + g * N;
+      sB[i / N][n] = row[n];
+      sC[i / N][n] = row[a.G * N + n];
     }
-    for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    if (lane == 0) a.y[t * di + h * a.hd + p] = acc + D * xv;
+    for (int i = threadIdx.x; i < tc; i += blockDim.x) {
+      float dt = softplus(a.u[(t0 + i) * a.ldu + di + a.C + h] + bias);
+      if (a.dt_floor > 0.0f) dt = fmaxf(dt, a.dt_floor);
+      sdt[i] = dt;
+      sda[i] = expf(dt * A);
+    }
+    for (int i = threadIdx.x; i < tc * nw; i += blockDim.x)
+      sx[i / nw][i % nw] = a.xbc[(t0 + i / nw) * a.C + h * a.hd + p0 + i % nw];
+    __syncthreads();
+    for (int tt = 0; tt < tc; ++tt) {
+      const float da = sda[tt], xv = sx[tt][warp], xdt = xv * sdt[tt];
+      float acc = 0.0f;
+#pragma unroll
+      for (int j = 0; j < kMaxStatePerLane; ++j) {
+        const int n = lane + 32 * j;
+        if (n < N) {
+          st[j] = st[j] * da + xdt * sB[tt][n];
+          acc += st[j] * sC[tt][n];
+        }
+      }
+      for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+      if (lane == 0) a.y[(t0 + tt) * di + h * a.hd + p] = acc + D * xv;
+    }
   }
 #pragma unroll
   for (int j = 0; j < kMaxStatePerLane; ++j)
@@ -142,6 +214,7 @@ __global__ void scan_kernel(MambaArgs a) {
 
 __global__ void gated_rmsnorm_kernel(const float* y, const float* u, int64_t ldu, const float* w, int64_t di,
                                      int64_t group, float eps, float* out) {
+  pdl_trigger();
   const int64_t t = blockIdx.x, g0 = (int64_t)blockIdx.y * group;
   float ss = 0.0f;
   for (int64_t i = g0 + threadIdx.x; i < g0 + group; i += blockDim.x) {
@@ -156,6 +229,7 @@ __global__ void gated_rmsnorm_kernel(const float* y, const float* u, int64_t ldu
 // ---- attention -----------------------------------------------------------------------
 __global__ void kv_write_kernel(const float* k, const float* v, int64_t T, int64_t kvw, const int32_t* n_past,
                                 void* kc, void* vc, bool f16) {
+  pdl_trigger();
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= T * kvw) return;
   const int64_t t = i / kvw, j = i % kvw, at = (*n_past + t) * kvw + j;
@@ -179,6 +253,7 @@ size_t attn_smem_floats(int64_t rep, int64_t hd) {
 // otherwise (max, sum, unnormalized acc) per head go to `part` for attn_combine_kernel.
 template <bool F16>
 __global__ void attn_kernel(AttnArgs a) {
+  pdl_trigger();
   extern __shared__ float sm[];
   const int64_t hd = a.hd, rep = a.nq / a.nkv, kvw = a.nkv * hd;
   float* qs = sm;                              // [rep][hd]
@@ -265,6 +340,7 @@ __global__ void attn_kernel(AttnArgs a) {
 }
 
 __global__ void attn_combine_kernel(AttnArgs a) {
+  pdl_trigger();
   const int64_t t = blockIdx.x, head = blockIdx.y, hd = a.hd;
   const float* part = a.part + (t * a.nq + head) * a.splits * (hd + 2);
   float M = -INFINITY;
@@ -286,6 +362,7 @@ __device__ __forceinline__ bool before(float va, int ia, float vb, int ib) {
 
 // One warp per token. Expert e belongs to lane e % 32.
 __global__ void route_kernel(RouterArgs a) {
+  pdl_trigger();
   extern __shared__ float rs[];
   float* s = rs;                 // sigmoid scores [n_expert]
   float* sel = rs + a.n_expert;  // selection scores [n_expert]
@@ -324,6 +401,9 @@ __global__ void route_kernel(RouterArgs a) {
         for (int e = g * gs; e < (g + 1) * gs; ++e) sel[e] = -INFINITY;
   }
   __syncwarp();
+  // k rounds of a warp arg-max; the picks stay in shared memory and are written once at the
+  // end (lane 0 re-reading its own global stores made a chain of memory round trips)
+  int* pick = reinterpret_cast<int*>(sel + E);  // [k]
   uint32_t taken = 0;  // bit j: expert lane + 32 j already selected
   float sum = 0.0f;
   for (int r = 0; r < a.k; ++r) {
@@ -339,23 +419,22 @@ __global__ void route_kernel(RouterArgs a) {
       if (oi >= 0 && (bi < 0 || before(ov, oi, bv, bi))) { bv = ov; bi = oi; }
     }
     if (bi % 32 == lane) taken |= 1u << (bi / 32);
-    if (lane == 0) {
-      a.idx[t * a.k + r] = bi;
-      a.wt[t * a.k + r] = s[bi];
-    }
+    if (lane == 0) pick[r] = bi;
     sum += s[bi];
   }
   __syncwarp();
-  if (lane == 0)
-    for (int r = 0; r < a.k; ++r) {
-      float w = a.wt[t * a.k + r];
-      if (a.norm) w /= (sum + 1e-20f);
-      a.wt[t * a.k + r] = w * a.scale;
-    }
+  for (int r = lane; r < a.k; r += 32) {
+    const int e = pick[r];
+    float w = s[e];
+    if (a.norm) w /= (sum + 1e-20f);
+    a.idx[t * a.k + r] = e;
+    a.wt[t * a.k + r] = w * a.scale;
+  }
 }
 
 __global__ void moe_combine_kernel(const float* ye, const float* shared, const float* wt, const int32_t* row_of,
                                    int64_t T, int k, int64_t E, float* out) {
+  pdl_trigger();
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= T * E) return;
   const int64_t t = i / E, c = i % E;
@@ -368,6 +447,7 @@ __global__ void moe_combine_kernel(const float* ye, const float* shared, const f
 }
 
 __global__ void gather_kernel(const float* x, int64_t ld, const int32_t* src_row, int64_t n, float* out) {
+  pdl_trigger();
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= n * ld) return;
   out[i] = x[(int64_t)src_row[i / ld] * ld + i % ld];
@@ -384,19 +464,26 @@ void embed(const GpuWeight& w, const int32_t* tokens, int64_t T, float* x, int64
 
 void add_rmsnorm(float* x, const float* y, const float* w, int64_t T, int64_t n, float eps, float* out,
                  cudaStream_t s) {
-  rmsnorm_kernel<<<(unsigned)T, kThreads, 0, s>>>(x, y, w, n, eps, out);
+  rmsnorm_kernel<<<(unsigned)T, kNormThreads, 0, s>>>(x, y, w, n, eps, out);
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
 }
 
 void mamba_conv(const MambaArgs& a, cudaStream_t s) {
   if (a.K > 16) throw std::invalid_argument("CUDA: ssm_conv_kernel above 16 is not supported");
-  conv_kernel<<<blocks_for(a.C, 128), 128, 0, s>>>(a);
+  const unsigned runs = (unsigned)((a.T + kConvTokens - 1) / kConvTokens);
+  conv_kernel<<<dim3(blocks_for(a.C, 128), runs), 128, 0, s>>>(a);
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
+  if (runs > 1) {
+    conv_state_kernel<<<blocks_for(a.C, 128), 128, 0, s>>>(a);
+    NEMOCPU_CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 void mamba_scan(const MambaArgs& a, cudaStream_t s) {
   if (a.N > 32 * kMaxStatePerLane) throw std::invalid_argument("CUDA: ssm_d_state above 256 is not supported");
-  scan_kernel<<<blocks_for(a.nh * a.hd * 32), kThreads, 0, s>>>(a);
+  int nw = kThreads / 32;  // warps per block: a power of two dividing hd (one head per block)
+  while (a.hd % nw) nw /= 2;
+  scan_kernel<<<(unsigned)(a.nh * a.hd / nw), nw * 32, 0, s>>>(a);
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -436,7 +523,7 @@ void attention(const AttnArgs& a, cudaStream_t s) {
 void route(const RouterArgs& a, cudaStream_t s) {
   if (a.n_expert > 32 * 32 || a.n_group > 64)
     throw std::invalid_argument("CUDA router: at most 1024 experts in at most 64 groups");
-  route_kernel<<<(unsigned)a.T, 32, 2 * a.n_expert * sizeof(float), s>>>(a);
+  route_kernel<<<(unsigned)a.T, 32, (2 * a.n_expert + a.k) * sizeof(float), s>>>(a);
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
 }
 
