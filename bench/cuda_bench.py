@@ -159,6 +159,8 @@ def profile(torch, eng, vocab: int, n_steps: int = 8, prefill: int = 1024) -> st
         for _ in range(n_steps):
             eng.eval(st, tok)
     out = f"decode, {n_steps} steps:\n" + table(prof)
+    if not prefill:
+        return out
     ids = np.random.default_rng(3).integers(0, vocab, prefill).astype(np.int32)
     eng.eval(eng.new_state(prefill + 8, "f16"), ids)  # warm
     st = eng.new_state(prefill + 8, "f16")
@@ -240,7 +242,7 @@ def main() -> None:
     ap.add_argument("--decode-steps", type=int, default=256)
     ap.add_argument("--peer", action="store_true", help="also time transformers' NemotronH in bf16")
     ap.add_argument("--json", type=Path)
-    ap.add_argument("--profile", action="store_true", help="per-kernel decode and prefill profile of the first type")
+    ap.add_argument("--profile", action="store_true", help="per-kernel decode profile of each type, prefill profile of the first")
     args = ap.parse_args()
 
     import torch
@@ -264,8 +266,8 @@ def main() -> None:
         r["decode_of_bound"] = r["decode_tok_s"] / r["bound_tok_s"]
         print(f"{wtype}: decode {r['decode_tok_s']:.1f} tok/s, bound {r['bound_tok_s']:.0f} tok/s "
               f"({100 * r['decode_of_bound']:.0f}%), {active / 1e9:.2f} GB read per token", flush=True)
-        if args.profile and wtype == args.types[0]:
-            print(profile(torch, eng, hp.n_vocab), flush=True)
+        if args.profile:  # decode for every type, prefill for the first
+            print(profile(torch, eng, hp.n_vocab, prefill=1024 if wtype == args.types[0] else 0), flush=True)
         for n in args.prefill:
             r[f"prefill_{n}_tok_s"] = time_prefill(eng, n, hp.n_vocab)
             print(f"{wtype}: prefill {n}: {r[f'prefill_{n}_tok_s']:.0f} tok/s", flush=True)
