@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "cuda/check.h"
+#include "model/graph.h"
 #include "nemocpu/ggml_types.h"
 
 namespace nemocpu {
@@ -103,7 +104,7 @@ void CudaState::reset() {
 
 // ---- engine: weights -----------------------------------------------------------------
 CudaEngine::CudaEngine(const HParams& hp, const TensorMap& tensors, double dt_floor, int device)
-    : hp_(hp), dt_floor_((float)dt_floor), device_(device) {
+    : hp_(hp), plan_(LayerPlan::of(hp)), dt_floor_((float)dt_floor), device_(device) {
   if (!(dt_floor >= 0.0) || !std::isfinite(dt_floor)) throw std::invalid_argument("dt_floor must be >= 0");
   const ModelWeights mw = bind_weights(hp, tensors);  // all checks of the CPU engine, first
   int n = 0;
@@ -118,11 +119,6 @@ CudaEngine::CudaEngine(const HParams& hp, const TensorMap& tensors, double dt_fl
   NEMOCPU_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
   device_name_ = prop.name;
   NEMOCPU_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  int nm = 0, na = 0;
-  for (char k : hp.layer_kinds) {
-    mamba_index_.push_back(k == 'M' ? nm++ : -1);
-    attn_index_.push_back(k == '*' ? na++ : -1);
-  }
   upload_weights(mw);
   alloc_scratch(dec_, 1, 1);
   NEMOCPU_CUDA_CHECK(cudaDeviceSynchronize());
@@ -455,29 +451,39 @@ void CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
   moe_combine(sc.ye, L.has_shexp ? ye_sh : nullptr, sc.wt, sc.row_of, T, k, E, sc.y, stream_);
 }
 
-void CudaEngine::forward(CudaState& st, Scratch& sc, int64_t T, bool clamp_dt, bool all_logits) {
-  const int64_t E = hp_.n_embd;
-  const float eps = (float)hp_.rms_eps;
-  embed(token_embd_, sc.tok, T, sc.x, E, stream_);
-  for (size_t i = 0; i < layers_.size(); ++i) {
-    const DevLayer& L = layers_[i];
-    // residual add of the previous block fused into this block's norm
-    add_rmsnorm(sc.x, i ? sc.y : nullptr, L.attn_norm, T, E, eps, sc.h, stream_);
-    switch (L.kind) {
-      case 'M': mamba(L, mamba_index_[i], st, sc, T, clamp_dt); break;
-      case '*': attention(L, attn_index_[i], st, sc, T); break;
-      case 'E': moe(L, sc, T); break;
-      default:
-        lin(L.ffn_up, sc.h, E, T, sc.act, L.ffn_up.rows, true);
-        lin(L.ffn_down, sc.act, L.ffn_up.rows, T, sc.y, E);
-        break;
-    }
+// One forward pass: the operations of the layer sequence (model/graph.h) on the GPU, enqueued
+// on the engine's stream. The residual add of each block is fused into the next block's norm.
+struct CudaEngine::Pass {
+  CudaEngine& e;
+  CudaState& st;
+  Scratch& sc;
+  bool clamp_dt;
+
+  const DevLayer& layer(size_t i) const { return e.layers_[i]; }
+  float eps() const { return (float)e.hp_.rms_eps; }
+  void embed(int64_t T) { cuda::embed(e.token_embd_, sc.tok, T, sc.x, e.hp_.n_embd, e.stream_); }
+  void add_norm(size_t i, int64_t T) {
+    add_rmsnorm(sc.x, i ? sc.y : nullptr, layer(i).attn_norm, T, e.hp_.n_embd, eps(), sc.h, e.stream_);
   }
-  add_scalar_i32(st.d_n_past_, (int32_t)T, stream_);
-  // the last residual add and the final norm only on the rows whose logits are returned
-  const int64_t first = all_logits ? 0 : T - 1, rows = T - first;
-  add_rmsnorm(sc.x + first * E, sc.y + first * E, output_norm_, rows, E, eps, sc.h, stream_);
-  lin(output_, sc.h, E, rows, sc.logits, hp_.n_vocab);
+  void mamba(size_t i, int slot, int64_t T) { e.mamba(layer(i), slot, st, sc, T, clamp_dt); }
+  void attention(size_t i, int slot, int64_t T) { e.attention(layer(i), slot, st, sc, T); }
+  void moe(size_t i, int64_t T) { e.moe(layer(i), sc, T); }
+  void mlp(size_t i, int64_t T) {
+    const DevLayer& L = layer(i);
+    e.lin(L.ffn_up, sc.h, e.hp_.n_embd, T, sc.act, L.ffn_up.rows, true);
+    e.lin(L.ffn_down, sc.act, L.ffn_up.rows, T, sc.y, e.hp_.n_embd);
+  }
+  void advance(int64_t T) { add_scalar_i32(st.d_n_past_, (int32_t)T, e.stream_); }
+  void head(int64_t first, int64_t n) {  // only the rows whose logits are returned
+    const int64_t E = e.hp_.n_embd;
+    add_rmsnorm(sc.x + first * E, sc.y + first * E, e.output_norm_, n, E, eps(), sc.h, e.stream_);
+    e.lin(e.output_, sc.h, E, n, sc.logits, e.hp_.n_vocab);
+  }
+};
+
+void CudaEngine::forward(CudaState& st, Scratch& sc, int64_t T, bool clamp_dt, bool all_logits) {
+  Pass pass{*this, st, sc, clamp_dt};
+  run_layers(hp_, plan_, pass, T, all_logits);
 }
 
 void CudaEngine::decode_step(CudaState& st, int32_t token, float* logits) {

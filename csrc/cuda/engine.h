@@ -1,7 +1,8 @@
 // The Nemotron-H forward pass on an NVIDIA GPU. The seam with the CPU engine: the same
 // HParams, the same tensor binding and checks (model/weights.cpp: a file the CPU engine
-// rejects is rejected here with the same message), the same state layout (model/state.h)
-// and the same layer sequence; only the kernels (csrc/cuda/*.cu) and the memory differ.
+// rejects is rejected here with the same message), the same state layout and eval checks
+// (model/state.h) and the same layer sequence (model/graph.h, one template both engines
+// instantiate); only the kernels (csrc/cuda/*.cu) and the memory differ.
 // Weights are uploaded (repacked) once; a decode step replays a CUDA graph.
 #pragma once
 #include <cuda_runtime.h>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "cuda/kernels.cuh"
+#include "model/graph.h"
 #include "model/hparams.h"
 #include "model/router.h"
 #include "model/state.h"
@@ -93,6 +95,7 @@ class CudaEngine {
   float* upload_f32(const float* src, int64_t n);
   void alloc_scratch(Scratch& sc, int64_t cap, int64_t logit_rows);
   void free_scratch(Scratch& sc);
+  struct Pass;  // one forward pass: the operations the layer sequence (model/graph.h) calls
   void forward(CudaState& st, Scratch& sc, int64_t T, bool clamp_dt, bool all_logits);
   void mamba(const DevLayer& L, int mi, CudaState& st, Scratch& sc, int64_t T, bool clamp_dt);
   void attention(const DevLayer& L, int ai, CudaState& st, Scratch& sc, int64_t T);
@@ -102,6 +105,7 @@ class CudaEngine {
   void decode_step(CudaState& st, int32_t token, float* logits);
 
   HParams hp_;
+  LayerPlan plan_;  // layer -> state slot
   float dt_floor_;
   int device_;
   std::string device_name_;
@@ -109,7 +113,6 @@ class CudaEngine {
   GpuWeight token_embd_, output_;
   float* output_norm_ = nullptr;
   std::vector<DevLayer> layers_;
-  std::vector<int> mamba_index_, attn_index_;
   std::vector<void*> owned_;  // every device allocation of the weights
   int64_t weight_bytes_ = 0;
   Scratch dec_, pre_;

@@ -134,14 +134,17 @@ struct VecParams {
   int ksplit;  // warps sharing the rows of a row group (1, 2, 4 or 8); 1 in reduce mode
 };
 
-// Activations x[e .. e+3] (zero past K: padded weights are zero, but x may hold anything there).
-__device__ __forceinline__ float4 ld_x4(const float* x, int64_t e, int64_t K, bool vec) {
-  if (vec && e + 4 <= K) return __ldg(reinterpret_cast<const float4*>(x + e));
+// Activations x[e .. e+3]. GUARD: zero past K (padded weights are zero, but x may hold anything
+// there) and no alignment assumed; else a plain 16-byte load.
+template <bool GUARD>
+__device__ __forceinline__ float4 ld_x4(const float* x, int e, int K) {
+  if constexpr (!GUARD) return __ldg(reinterpret_cast<const float4*>(x + e));
   return make_float4(e < K ? x[e] : 0.0f, e + 1 < K ? x[e + 1] : 0.0f, e + 2 < K ? x[e + 2] : 0.0f,
                      e + 3 < K ? x[e + 3] : 0.0f);
 }
-__device__ __forceinline__ float2 ld_x2(const float* x, int64_t e, int64_t K, bool vec) {
-  if (vec && e + 2 <= K) return __ldg(reinterpret_cast<const float2*>(x + e));
+template <bool GUARD>
+__device__ __forceinline__ float2 ld_x2(const float* x, int e, int K) {
+  if constexpr (!GUARD) return __ldg(reinterpret_cast<const float2*>(x + e));
   return make_float2(e < K ? x[e] : 0.0f, e + 1 < K ? x[e + 1] : 0.0f);
 }
 // Exact small integers as floats without the quarter-rate I2F: 2^23 + n has n in its mantissa.
@@ -154,23 +157,32 @@ __device__ __forceinline__ float low_byte_minus(uint32_t v, float bias) {
 // 32b + 16 + 4m + i (high nibbles). Loaded once, used by every row of the warp.
 struct WordX { float4 lo, hi; };
 
-template <int TYPE>
-__device__ __forceinline__ WordX load_word_x(const float* x, int64_t w, int64_t K, bool vec) {
+template <int TYPE, bool GUARD>
+__device__ __forceinline__ WordX load_word_x(const float* x, int w, int K) {
   WordX r;
   if constexpr (TYPE == GGML_F32) {
-    r.lo.x = w < K ? x[w] : 0.0f;
+    r.lo.x = !GUARD || w < K ? x[w] : 0.0f;
   } else if constexpr (TYPE == GGML_F16 || TYPE == GGML_BF16) {
-    const float2 v = ld_x2(x, 2 * w, K, vec);
+    const float2 v = ld_x2<GUARD>(x, 2 * w, K);
     r.lo.x = v.x;
     r.lo.y = v.y;
   } else if constexpr (TYPE == GGML_I8 || TYPE == GGML_Q8_0) {
-    r.lo = ld_x4(x, 4 * w, K, vec);
+    r.lo = ld_x4<GUARD>(x, 4 * w, K);
   } else {
-    const int64_t e = (w / 4) * QK + (w % 4) * 4;
-    r.lo = ld_x4(x, e, K, vec);
-    r.hi = ld_x4(x, e + 16, K, vec);
+    const int e = (w / 4) * QK + (w % 4) * 4;
+    r.lo = ld_x4<GUARD>(x, e, K);
+    r.hi = ld_x4<GUARD>(x, e + 16, K);
   }
   return r;
+}
+
+// Leading words of a row whose activations all lie below K (no guard needed there).
+template <int TYPE>
+__device__ __forceinline__ int safe_words(int K) {
+  if constexpr (TYPE == GGML_F32) return K;
+  else if constexpr (TYPE == GGML_F16 || TYPE == GGML_BF16) return K / 2;
+  else if constexpr (TYPE == GGML_Q4_0) return K / QK * 4;
+  else return K / 4;
 }
 
 // Sum over the elements of word `wd` of weight * x (block scale not applied).
@@ -202,14 +214,54 @@ __device__ __forceinline__ float dot_word(uint32_t wd, const WordX& x) {
   }
 }
 
+// One step of U words per lane and row: all the words requested, then used. FULL: all
+// U * 32 words exist (no predicates); GUARD: activations may end inside these words.
+template <int TYPE, int NT, int U, bool FULL, bool GUARD>
+__device__ __forceinline__ void dot_step(const uint32_t* const (&wrow)[kVecRows], const uint16_t* const (&drow)[kVecRows],
+                                         const float* x, int64_t ldx, int K, int w0, int w_end, int lane,
+                                         float (&acc)[kVecRows][NT]) {
+  uint32_t wd[kVecRows][U];
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int w = w0 + u * 32 + lane;
+#pragma unroll
+    for (int rr = 0; rr < kVecRows; ++rr) wd[rr][u] = FULL || w < w_end ? __ldg(wrow[rr] + w) : 0u;
+  }
+  pdl_wait();  // from here on, data of earlier kernels (a no-op after the first time)
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const int w = w0 + u * 32 + lane;
+    if (!FULL && w >= w_end) break;
+    float dsc[kVecRows];
+#pragma unroll
+    for (int rr = 0; rr < kVecRows; ++rr) {
+      dsc[rr] = 1.0f;
+      if constexpr (TYPE == GGML_Q8_0) dsc[rr] = __half2float(__ushort_as_half(__ldg(drow[rr] + w / 8)));
+      if constexpr (TYPE == GGML_Q4_0) dsc[rr] = __half2float(__ushort_as_half(__ldg(drow[rr] + w / 4)));
+    }
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const WordX xw = load_word_x<TYPE, GUARD>(x + t * ldx, w, K);
+#pragma unroll
+      for (int rr = 0; rr < kVecRows; ++rr) {
+        const float v = dot_word<TYPE>(wd[rr][u], xw);
+        if constexpr (TYPE == GGML_Q8_0 || TYPE == GGML_Q4_0) {
+          acc[rr][t] = fmaf(v, dsc[rr], acc[rr][t]);
+        } else {
+          acc[rr][t] += v;
+        }
+      }
+    }
+  }
+}
+
 // acc[rr][t] = row (r0 + rr) of job J dotted with token t of x over words [w_begin, w_end) of
 // the row (warp-reduced, valid in every lane), FP8 row scale applied.
 template <int TYPE, int NT, int U>
-__device__ __forceinline__ void dot_rows(const VecJobDev& J, int64_t r0, int64_t w_begin, int64_t w_end, int lane,
+__device__ __forceinline__ void dot_rows(const VecJobDev& J, int64_t r0, int w_begin, int w_end, int lane,
                                          float (&acc)[kVecRows][NT]) {
   if (J.mat_idx) pdl_wait();  // the expert id comes from the router
   const int64_t m = J.mat_idx ? J.mat_idx[J.mat] : J.mat;
-  const bool vec = (reinterpret_cast<uintptr_t>(J.x) % 16 == 0) && (J.ldx % 4 == 0);
   const uint32_t* wrow[kVecRows];
   const uint16_t* drow[kVecRows];
 #pragma unroll
@@ -222,41 +274,17 @@ __device__ __forceinline__ void dot_rows(const VecJobDev& J, int64_t r0, int64_t
   for (int rr = 0; rr < kVecRows; ++rr)
 #pragma unroll
     for (int t = 0; t < NT; ++t) acc[rr][t] = 0.0f;
-  for (int64_t w0 = w_begin; w0 < w_end; w0 += 32 * U) {
-    uint32_t wd[kVecRows][U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t w = w0 + u * 32 + lane;
-#pragma unroll
-      for (int rr = 0; rr < kVecRows; ++rr) wd[rr][u] = w < w_end ? __ldg(wrow[rr] + w) : 0u;
-    }
-    pdl_wait();  // from here on, data of earlier kernels (a no-op after the first time)
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t w = w0 + u * 32 + lane;
-      if (w >= w_end) break;
-      float dsc[kVecRows];
-#pragma unroll
-      for (int rr = 0; rr < kVecRows; ++rr) {
-        dsc[rr] = 1.0f;
-        if constexpr (TYPE == GGML_Q8_0) dsc[rr] = __half2float(__ushort_as_half(__ldg(drow[rr] + w / 8)));
-        if constexpr (TYPE == GGML_Q4_0) dsc[rr] = __half2float(__ushort_as_half(__ldg(drow[rr] + w / 4)));
-      }
-#pragma unroll
-      for (int t = 0; t < NT; ++t) {
-        const WordX xw = load_word_x<TYPE>(J.x + t * J.ldx, w, J.K, vec);
-#pragma unroll
-        for (int rr = 0; rr < kVecRows; ++rr) {
-          const float v = dot_word<TYPE>(wd[rr][u], xw);
-          if constexpr (TYPE == GGML_Q8_0 || TYPE == GGML_Q4_0) {
-            acc[rr][t] = fmaf(v, dsc[rr], acc[rr][t]);
-          } else {
-            acc[rr][t] += v;
-          }
-        }
-      }
-    }
-  }
+  // Unguarded 16-byte activation loads need 16-byte aligned rows; the words past K (or all of
+  // them, unaligned) take the guarded path.
+  const bool vec = (reinterpret_cast<uintptr_t>(J.x) % 16 == 0) && (J.ldx % 4 == 0);
+  const int K = (int)J.K;
+  const int w_safe = vec ? max(w_begin, min(w_end, safe_words<TYPE>(K))) : w_begin;
+  int w0 = w_begin;
+  for (; w0 + 32 * U <= w_safe; w0 += 32 * U)
+    dot_step<TYPE, NT, U, true, false>(wrow, drow, J.x, J.ldx, K, w0, w_safe, lane, acc);
+  if (w0 < w_safe) dot_step<TYPE, NT, U, false, false>(wrow, drow, J.x, J.ldx, K, w0, w_safe, lane, acc);
+  for (w0 = w_safe; w0 < w_end; w0 += 32 * U)
+    dot_step<TYPE, NT, U, false, true>(wrow, drow, J.x, J.ldx, K, w0, w_end, lane, acc);
 #pragma unroll
   for (int rr = 0; rr < kVecRows; ++rr)
 #pragma unroll
@@ -269,21 +297,23 @@ __device__ __forceinline__ void dot_rows(const VecJobDev& J, int64_t r0, int64_t
     }
 }
 
-template <int TYPE, int NT, int U>
+// REDUCE (MoE down) is compiled for one token per launch only: one dot_rows per kernel keeps
+// the register count at 64 (4 blocks of 8 warps per multiprocessor).
+template <int TYPE, int NT, int U, bool REDUCE>
 __global__ void __launch_bounds__(kVecWarps * 32, NT == 1 ? 4 : 1) gemv_kernel(const __grid_constant__ VecParams p) {
   pdl_trigger();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t t0 = (int64_t)blockIdx.z * NT;
   __shared__ float part[kVecWarps][kVecRows][NT];
   float acc[kVecRows][NT];
-  if (!p.reduce) {
+  if constexpr (!REDUCE) {
     VecJobDev J = p.job[blockIdx.y];
     J.x += t0 * J.ldx;
     const int groups = kVecWarps / p.ksplit, ks = warp % p.ksplit;
     const int64_t r0 = ((int64_t)blockIdx.x * groups + warp / p.ksplit) * kVecRows;
-    const int64_t W = J.row_bytes / 4, per = (W + 32 * p.ksplit - 1) / (32 * p.ksplit) * 32;
+    const int W = (int)(J.row_bytes / 4), per = (W + 32 * p.ksplit - 1) / (32 * p.ksplit) * 32;
     if (r0 < J.rows) {
-      dot_rows<TYPE, NT, U>(J, r0, ks * per, min(W, (ks + 1) * per), lane, acc);
+      dot_rows<TYPE, NT, U>(J, r0, min(W, ks * per), min(W, (ks + 1) * per), lane, acc);
       if (lane == 0)
 #pragma unroll
         for (int rr = 0; rr < kVecRows; ++rr)
@@ -303,14 +333,13 @@ __global__ void __launch_bounds__(kVecWarps * 32, NT == 1 ? 4 : 1) gemv_kernel(c
       float* dst = J.y + (t0 + t) * J.ldy + row;
       *dst = p.accumulate ? *dst + v : v;
     }
-    return;
-  }
+  } else {
   // reduce: warp w computes product w of rows [r0, r0 + kVecRows); summed in product order
   const int64_t r0 = (int64_t)blockIdx.x * kVecRows;
   if (warp < p.n_jobs) {
     VecJobDev J = p.job[warp];
     J.x += t0 * J.ldx;
-    dot_rows<TYPE, NT, U>(J, r0, 0, J.row_bytes / 4, lane, acc);
+    dot_rows<TYPE, NT, U>(J, r0, 0, (int)(J.row_bytes / 4), lane, acc);
     const float sc = J.scale ? *J.scale : 1.0f;
     if (lane == 0)
 #pragma unroll
@@ -334,6 +363,7 @@ __global__ void __launch_bounds__(kVecWarps * 32, NT == 1 ? 4 : 1) gemv_kernel(c
       *dst = p.accumulate ? *dst + v : v;
     }
   }
+  }
 }
 
 // Blocks per multiprocessor the gemv reaches (registers bound it; measured by the runtime).
@@ -341,7 +371,7 @@ template <int TYPE, int NT, int U>
 int gemv_blocks_per_sm() {
   static int n = 0;
   if (!n) {
-    NEMOCPU_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<TYPE, NT, U>, kVecWarps * 32, 0));
+    NEMOCPU_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<TYPE, NT, U, false>, kVecWarps * 32, 0));
     n = std::max(n, 1);
   }
   return n;
@@ -352,8 +382,13 @@ void launch_gemv_t(VecParams p, int64_t max_rows, int64_t groups_of_nt, cudaStre
   constexpr int U = 8;  // words in flight per row and lane (16: more registers, fewer warps, same bytes)
   dim3 grid;
   if (p.reduce) {
-    p.ksplit = 1;
-    grid = dim3((unsigned)((max_rows + kVecRows - 1) / kVecRows), 1, (unsigned)groups_of_nt);
+    if constexpr (NT == 1) {
+      p.ksplit = 1;
+      grid = dim3((unsigned)((max_rows + kVecRows - 1) / kVecRows), 1, (unsigned)groups_of_nt);
+      launch_pdl(gemv_kernel<TYPE, 1, U, true>, grid, dim3(kVecWarps * 32), 0, s, p);
+      return;
+    }
+    throw std::logic_error("CUDA gemv: reduced products run one token per launch");
   } else {
     // Split K until the launch has about two resident waves of warps (small matrices: the
     // router's 128 rows, the 2688-row output projections), keeping >= 4 words per lane.
@@ -369,7 +404,7 @@ void launch_gemv_t(VecParams p, int64_t max_rows, int64_t groups_of_nt, cudaStre
     grid = dim3((unsigned)((max_rows + rows_per_block - 1) / rows_per_block), (unsigned)p.n_jobs,
                 (unsigned)groups_of_nt);
   }
-  launch_pdl(gemv_kernel<TYPE, NT, U>, grid, dim3(kVecWarps * 32), 0, s, p);
+  launch_pdl(gemv_kernel<TYPE, NT, U, false>, grid, dim3(kVecWarps * 32), 0, s, p);
 }
 
 template <int TYPE>
@@ -401,8 +436,8 @@ void gemv(const VecJob* jobs, int n, bool relu2, bool reduce, bool accumulate, i
   // all whole groups of 8 tokens in one launch (grid.z), then the rest in 4, 2, 1
   for (int64_t t0 = 0; t0 < T;) {
     const int64_t left = T - t0;
-    const int nt = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-    const int64_t groups = nt == 8 ? std::min<int64_t>(left / 8, 65535) : 1;
+    const int nt = reduce ? 1 : left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+    const int64_t groups = reduce ? std::min<int64_t>(left, 65535) : nt == 8 ? std::min<int64_t>(left / 8, 65535) : 1;
     for (int j = 0; j < n; ++j) {
       p.job[j].x = jobs[j].x + t0 * jobs[j].ldx;
       p.job[j].y = jobs[j].y + t0 * jobs[j].ldy;

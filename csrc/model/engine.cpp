@@ -6,6 +6,7 @@
 #include <stdexcept>
 
 #include "cpu/dispatch.h"
+#include "model/graph.h"
 
 namespace nemocpu {
 
@@ -21,7 +22,7 @@ int64_t weight_bytes(const Weight& w) { return w.row_bytes * w.rows * w.n_mat; }
 Engine::Engine(const HParams& hp, const TensorMap& tensors, int n_threads, double dt_floor,
                const EngineOptions& options)
     : hp_(hp), w_(bind_weights(hp, tensors)), kt_(active_kernels()),
-      pool_(std::make_unique<ThreadPool>(n_threads)), dt_floor_((float)dt_floor) {
+      pool_(std::make_unique<ThreadPool>(n_threads)), dt_floor_((float)dt_floor), plan_(LayerPlan::of(hp)) {
   if (!(dt_floor >= 0.0) || !std::isfinite(dt_floor)) throw std::invalid_argument("dt_floor must be >= 0");
   router_.n_expert = (int)hp.n_expert;
   router_.n_used = (int)hp.n_expert_used;
@@ -29,11 +30,6 @@ Engine::Engine(const HParams& hp, const TensorMap& tensors, int n_threads, doubl
   router_.n_group_used = (int)hp.expert_group_used_count;
   router_.norm = hp.expert_weights_norm;
   router_.scale = (float)hp.expert_weights_scale;
-  int nm = 0, na = 0;
-  for (char k : hp.layer_kinds) {
-    mamba_index_.push_back(k == 'M' ? nm++ : -1);
-    attn_index_.push_back(k == '*' ? na++ : -1);
-  }
   if (options.repack && kt_.x8_faster) plan_repack(options.release_mapped);
 }
 
@@ -125,6 +121,49 @@ std::unique_ptr<State> Engine::new_state(int64_t n_ctx, int kv_type) const {
   return std::make_unique<State>(StateLayout::of(hp_, n_ctx, kv_type));
 }
 
+// One forward pass over a chunk of tokens: the operations of model/graph.h on the CPU.
+struct Engine::Pass {
+  Engine& e;
+  State& st;
+  const int32_t* tokens;
+  bool clamp_dt;
+  float* logits;  // null: this chunk returns none
+  std::vector<float> x, h, y;
+
+  const Layer& layer(size_t i) const { return e.w_.layers[i]; }
+  void add_residual(int64_t first, int64_t n) {  // rows [first, first + n) of x += y
+    const int64_t E = e.hp_.n_embd;
+    float* xs = x.data() + first * E;
+    const float* ys = y.data() + first * E;
+    e.pool_->parallel_for(n * E, [&](int64_t j0, int64_t j1) {
+      for (int64_t j = j0; j < j1; ++j) xs[j] += ys[j];
+    }, 1 << 14);
+  }
+  void embed(int64_t T) {
+    const int64_t E = e.hp_.n_embd;
+    x.resize(T * E);
+    h.resize(T * E);
+    y.resize(T * E);
+    for (int64_t t = 0; t < T; ++t) e.kt_.dequant_row(e.w_.token_embd.mat(), tokens[t], x.data() + t * E);
+  }
+  void add_norm(size_t i, int64_t T) {
+    if (i) add_residual(0, T);
+    e.rmsnorm_rows(x.data(), layer(i).attn_norm, T, h.data());
+  }
+  void mamba(size_t i, int slot, int64_t T) { e.mamba(layer(i), slot, st, h.data(), T, clamp_dt, y.data()); }
+  void attention(size_t i, int slot, int64_t T) { e.attention(layer(i), slot, st, h.data(), T, y.data()); }
+  void moe(size_t i, int64_t T) { e.moe(layer(i), h.data(), T, y.data()); }
+  void mlp(size_t i, int64_t T) { e.mlp(layer(i).ffn_up, layer(i).ffn_down, h.data(), T, y.data()); }
+  void advance(int64_t T) { st.advance(T); }
+  void head(int64_t first, int64_t n) {  // lm_head runs only on the rows whose logits are returned
+    if (!logits) return;
+    const int64_t E = e.hp_.n_embd;
+    add_residual(first, n);
+    e.rmsnorm_rows(x.data() + first * E, e.w_.output_norm, n, h.data());
+    e.linear(e.w_.output, 0, h.data(), E, n, logits, e.hp_.n_vocab);
+  }
+};
+
 void Engine::eval(State& st, const int32_t* tokens, int64_t T, bool all_logits, float* logits) {
   check_eval_request(hp_, st.layout(), st.n_past(), st.n_ctx(), tokens, T);
   std::lock_guard<std::mutex> lk(eval_mu_);
@@ -133,8 +172,8 @@ void Engine::eval(State& st, const int32_t* tokens, int64_t T, bool all_logits, 
   for (int64_t t0 = 0; t0 < T; t0 += kMaxUbatch) {
     const int64_t n = std::min(kMaxUbatch, T - t0);
     const bool last = t0 + n == T;
-    float* out = all_logits ? logits + t0 * hp_.n_vocab : (last ? logits : nullptr);
-    forward_chunk(st, tokens + t0, n, clamp_dt, out, all_logits);
+    Pass pass{*this, st, tokens + t0, clamp_dt, all_logits ? logits + t0 * hp_.n_vocab : (last ? logits : nullptr)};
+    run_layers(hp_, plan_, pass, n, all_logits);
   }
 }
 
@@ -207,33 +246,6 @@ void Engine::run(std::vector<MatJob> jobs) {
 
 void Engine::linear(const Weight& w, int64_t m, const float* x, int64_t ldx, int64_t T, float* y, int64_t ldy) {
   run({MatJob{w.mat(m), activations(w, x, ldx, T, qbuf_), y, ldy}});
-}
-
-void Engine::forward_chunk(State& st, const int32_t* tokens, int64_t T, bool clamp_dt, float* logits,
-                           bool all_logits) {
-  const int64_t E = hp_.n_embd;
-  std::vector<float> x(T * E), h(T * E), y(T * E);
-  for (int64_t t = 0; t < T; ++t) kt_.dequant_row(w_.token_embd.mat(), tokens[t], x.data() + t * E);
-
-  for (size_t i = 0; i < w_.layers.size(); ++i) {
-    const Layer& L = w_.layers[i];
-    rmsnorm_rows(x.data(), L.attn_norm, T, h.data());
-    switch (L.kind) {
-      case 'M': mamba(L, mamba_index_[i], st, h.data(), T, clamp_dt, y.data()); break;
-      case '*': attention(L, attn_index_[i], st, h.data(), T, y.data()); break;
-      case 'E': moe(L, h.data(), T, y.data()); break;
-      default: mlp(L.ffn_up, L.ffn_down, h.data(), T, y.data()); break;
-    }
-    pool_->parallel_for(T * E, [&](int64_t j0, int64_t j1) {
-      for (int64_t j = j0; j < j1; ++j) x[j] += y[j];
-    }, 1 << 14);
-  }
-  st.advance(T);
-  if (!logits) return;
-  // lm_head runs only on the rows whose logits are returned.
-  const int64_t first = all_logits ? 0 : T - 1, n = T - first;
-  rmsnorm_rows(x.data() + first * E, w_.output_norm, n, h.data());
-  linear(w_.output, 0, h.data(), E, n, logits, hp_.n_vocab);
 }
 
 }  // namespace nemocpu

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cpu/thread_pool.h"
+#include "model/graph.h"
 #include "model/hparams.h"
 #include "model/repack.h"
 #include "model/router.h"
@@ -57,7 +58,7 @@ class Engine {
   void eval(State& st, const int32_t* tokens, int64_t T, bool all_logits, float* logits);
 
  private:
-  void forward_chunk(State& st, const int32_t* tokens, int64_t T, bool clamp_dt, float* logits, bool all_logits);
+  struct Pass;  // one forward pass: the operations the layer sequence (model/graph.h) calls
   void mamba(const Layer& L, int mi, State& st, const float* h, int64_t T, bool clamp_dt, float* out);
   void attention(const Layer& L, int ai, State& st, const float* h, int64_t T, float* out);
   void moe(const Layer& L, const float* h, int64_t T, float* out);
@@ -90,7 +91,7 @@ class Engine {
   std::unique_ptr<ThreadPool> pool_;
   float dt_floor_;
   RouterConfig router_;
-  std::vector<int> mamba_index_, attn_index_;  // layer -> state slot
+  LayerPlan plan_;                             // layer -> state slot
   std::mutex eval_mu_;                         // one eval at a time per engine
   std::vector<BlockQ8Act> qbuf_;               // activation blocks for linear()
   // One matrix in the file's layout and its slot in the X8 arena.
