@@ -47,8 +47,6 @@ struct VecJob {
 struct VecBatch {
   std::vector<VecJob> jobs;
   bool relu2 = false;
-  bool reduce = false;      // y of jobs[0] = sum over jobs of scale_j * product_j (same rows)
-  bool accumulate = false;  // add to y instead of overwriting it
 };
 void gemv_batch(const VecBatch& b, int64_t T, cudaStream_t s);
 

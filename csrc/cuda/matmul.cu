@@ -109,16 +109,14 @@ __global__ void repack_kernel(const uint8_t* src, int64_t src_rb, int type, int6
 // KB of weight loads in flight, which is what batch-1 decode on an HBM GPU needs (the earlier
 // kernel staged x in shared memory first and kept ~4 KB per warp in flight: 1.4 TB/s). The
 // activations are read through L1 (every warp of a multiprocessor reads the same few KB).
-// Several products of one weight type share a launch (VecBatch): blockIdx.y picks the product,
-// or, in `reduce` mode, warp w of a block computes product w for the block's rows and the block
-// sums them (MoE down projections + the weighted combine). blockIdx.z: groups of NT tokens.
+// Several products of one weight type share a launch (VecBatch): blockIdx.y picks the product;
+// blockIdx.z: groups of NT tokens.
 //
 // Launched as a programmatic dependent (Hopper): the kernel may start while the previous one
 // still runs, requests its first weight words (weights never depend on earlier kernels), and
 // only then waits for the previous kernel (griddepcontrol.wait) before reading anything that
-// kernel wrote: activations, expert ids, routing weights, the output it accumulates into.
+// kernel wrote (activations, expert ids, routing weights) and before it writes its output.
 constexpr int kVecWarps = 8, kVecRows = 2;
-static_assert(kMaxVecJobs <= kVecWarps, "reduce mode gives each product one warp of a block");
 
 struct VecJobDev {
   const uint8_t* q; const uint16_t* d; const float* s;
@@ -130,8 +128,8 @@ struct VecJobDev {
 };
 struct VecParams {
   VecJobDev job[kMaxVecJobs];
-  int n_jobs, relu2, reduce, accumulate;
-  int ksplit;  // warps sharing the rows of a row group (1, 2, 4 or 8); 1 in reduce mode
+  int n_jobs, relu2;
+  int ksplit;  // warps sharing the rows of a row group (1, 2, 4 or 8)
 };
 
 // Activations x[e .. e+3]. GUARD: zero past K (padded weights are zero, but x may hold anything
@@ -297,72 +295,37 @@ __device__ __forceinline__ void dot_rows(const VecJobDev& J, int64_t r0, int w_b
     }
 }
 
-// REDUCE (MoE down) is compiled for one token per launch only: one dot_rows per kernel keeps
-// the register count at 64 (4 blocks of 8 warps per multiprocessor).
-template <int TYPE, int NT, int U, bool REDUCE>
+template <int TYPE, int NT, int U>
 __global__ void __launch_bounds__(kVecWarps * 32, NT == 1 ? 4 : 1) gemv_kernel(const __grid_constant__ VecParams p) {
   pdl_trigger();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int64_t t0 = (int64_t)blockIdx.z * NT;
   __shared__ float part[kVecWarps][kVecRows][NT];
   float acc[kVecRows][NT];
-  if constexpr (!REDUCE) {
-    VecJobDev J = p.job[blockIdx.y];
-    J.x += t0 * J.ldx;
-    const int groups = kVecWarps / p.ksplit, ks = warp % p.ksplit;
-    const int64_t r0 = ((int64_t)blockIdx.x * groups + warp / p.ksplit) * kVecRows;
-    const int W = (int)(J.row_bytes / 4), per = (W + 32 * p.ksplit - 1) / (32 * p.ksplit) * 32;
-    if (r0 < J.rows) {
-      dot_rows<TYPE, NT, U>(J, r0, min(W, ks * per), min(W, (ks + 1) * per), lane, acc);
-      if (lane == 0)
-#pragma unroll
-        for (int rr = 0; rr < kVecRows; ++rr)
-#pragma unroll
-          for (int t = 0; t < NT; ++t) part[warp][rr][t] = acc[rr][t];
-    }
-    pdl_wait();  // (every thread: the writes below follow the previous kernel)
-    __syncthreads();
-    for (int i = threadIdx.x; i < groups * kVecRows * NT; i += blockDim.x) {
-      const int g = i / (kVecRows * NT), rr = i / NT % kVecRows, t = i % NT;
-      const int64_t row = ((int64_t)blockIdx.x * groups + g) * kVecRows + rr;
-      if (row >= J.rows) continue;
-      float v = 0.0f;
-      for (int k = 0; k < p.ksplit; ++k) v += part[g * p.ksplit + k][rr][t];
-      if (J.scale) v *= *J.scale;
-      if (p.relu2) v = v > 0.0f ? v * v : 0.0f;
-      float* dst = J.y + (t0 + t) * J.ldy + row;
-      *dst = p.accumulate ? *dst + v : v;
-    }
-  } else {
-  // reduce: warp w computes product w of rows [r0, r0 + kVecRows); summed in product order
-  const int64_t r0 = (int64_t)blockIdx.x * kVecRows;
-  if (warp < p.n_jobs) {
-    VecJobDev J = p.job[warp];
-    J.x += t0 * J.ldx;
-    dot_rows<TYPE, NT, U>(J, r0, 0, (int)(J.row_bytes / 4), lane, acc);
-    const float sc = J.scale ? *J.scale : 1.0f;
+  VecJobDev J = p.job[blockIdx.y];
+  J.x += t0 * J.ldx;
+  const int groups = kVecWarps / p.ksplit, ks = warp % p.ksplit;
+  const int64_t r0 = ((int64_t)blockIdx.x * groups + warp / p.ksplit) * kVecRows;
+  const int W = (int)(J.row_bytes / 4), per = (W + 32 * p.ksplit - 1) / (32 * p.ksplit) * 32;
+  if (r0 < J.rows) {
+    dot_rows<TYPE, NT, U>(J, r0, min(W, ks * per), min(W, (ks + 1) * per), lane, acc);
     if (lane == 0)
 #pragma unroll
       for (int rr = 0; rr < kVecRows; ++rr)
 #pragma unroll
-        for (int t = 0; t < NT; ++t) {
-          float v = acc[rr][t];
-          if (p.relu2) v = v > 0.0f ? v * v : 0.0f;
-          part[warp][rr][t] = v * sc;
-        }
+        for (int t = 0; t < NT; ++t) part[warp][rr][t] = acc[rr][t];
   }
-  pdl_wait();
+  pdl_wait();  // (every thread: the writes below follow the previous kernel)
   __syncthreads();
-  const int64_t rows = p.job[0].rows;
-  if (threadIdx.x < kVecRows * NT) {
-    const int rr = threadIdx.x / NT, t = threadIdx.x % NT;
-    if (r0 + rr < rows) {
-      float v = 0.0f;
-      for (int j = 0; j < p.n_jobs; ++j) v += part[j][rr][t];
-      float* dst = p.job[0].y + (t0 + t) * p.job[0].ldy + r0 + rr;
-      *dst = p.accumulate ? *dst + v : v;
-    }
-  }
+  for (int i = threadIdx.x; i < groups * kVecRows * NT; i += blockDim.x) {
+    const int g = i / (kVecRows * NT), rr = i / NT % kVecRows, t = i % NT;
+    const int64_t row = ((int64_t)blockIdx.x * groups + g) * kVecRows + rr;
+    if (row >= J.rows) continue;
+    float v = 0.0f;
+    for (int k = 0; k < p.ksplit; ++k) v += part[g * p.ksplit + k][rr][t];
+    if (J.scale) v *= *J.scale;
+    if (p.relu2) v = v > 0.0f ? v * v : 0.0f;
+    J.y[(t0 + t) * J.ldy + row] = v;
   }
 }
 
@@ -371,7 +334,7 @@ template <int TYPE, int NT, int U>
 int gemv_blocks_per_sm() {
   static int n = 0;
   if (!n) {
-    NEMOCPU_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<TYPE, NT, U, false>, kVecWarps * 32, 0));
+    NEMOCPU_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<TYPE, NT, U>, kVecWarps * 32, 0));
     n = std::max(n, 1);
   }
   return n;
@@ -380,31 +343,20 @@ int gemv_blocks_per_sm() {
 template <int TYPE, int NT>
 void launch_gemv_t(VecParams p, int64_t max_rows, int64_t groups_of_nt, cudaStream_t s) {
   constexpr int U = 8;  // words in flight per row and lane (16: more registers, fewer warps, same bytes)
-  dim3 grid;
-  if (p.reduce) {
-    if constexpr (NT == 1) {
-      p.ksplit = 1;
-      grid = dim3((unsigned)((max_rows + kVecRows - 1) / kVecRows), 1, (unsigned)groups_of_nt);
-      launch_pdl(gemv_kernel<TYPE, 1, U, true>, grid, dim3(kVecWarps * 32), 0, s, p);
-      return;
-    }
-    throw std::logic_error("CUDA gemv: reduced products run one token per launch");
-  } else {
-    // Split K until the launch has about two resident waves of warps (small matrices: the
-    // router's 128 rows, the 2688-row output projections), keeping >= 4 words per lane.
-    const int64_t want = 2LL * sm_count() * gemv_blocks_per_sm<TYPE, NT, U>() * kVecWarps;
-    const int64_t W = p.job[0].row_bytes / 4;
-    int64_t warps = (max_rows + kVecRows - 1) / kVecRows * p.n_jobs * groups_of_nt;
-    p.ksplit = 1;
-    while (p.ksplit < kVecWarps && warps < want && W / (2 * p.ksplit) >= 32 * 4) {
-      p.ksplit *= 2;
-      warps *= 2;
-    }
-    const int64_t rows_per_block = (int64_t)(kVecWarps / p.ksplit) * kVecRows;
-    grid = dim3((unsigned)((max_rows + rows_per_block - 1) / rows_per_block), (unsigned)p.n_jobs,
-                (unsigned)groups_of_nt);
+  // Split K until the launch fills the resident warps once (small matrices: the router's 128
+  // rows, the 2688-row output projections), keeping >= 4 words per lane.
+  const int64_t want = (int64_t)sm_count() * gemv_blocks_per_sm<TYPE, NT, U>() * kVecWarps;
+  const int64_t W = p.job[0].row_bytes / 4;
+  int64_t warps = (max_rows + kVecRows - 1) / kVecRows * p.n_jobs * groups_of_nt;
+  p.ksplit = 1;
+  while (p.ksplit < kVecWarps && warps < want && W / (2 * p.ksplit) >= 32 * 4) {
+    p.ksplit *= 2;
+    warps *= 2;
   }
-  launch_pdl(gemv_kernel<TYPE, NT, U, false>, grid, dim3(kVecWarps * 32), 0, s, p);
+  const int64_t rows_per_block = (int64_t)(kVecWarps / p.ksplit) * kVecRows;
+  const dim3 grid((unsigned)((max_rows + rows_per_block - 1) / rows_per_block), (unsigned)p.n_jobs,
+                  (unsigned)groups_of_nt);
+  launch_pdl(gemv_kernel<TYPE, NT, U>, grid, dim3(kVecWarps * 32), 0, s, p);
 }
 
 template <int TYPE>
@@ -418,26 +370,23 @@ void launch_gemv(const VecParams& p, int nt, int64_t max_rows, int64_t groups, c
 }
 
 // T tokens of up to kMaxVecJobs products of one type, in launches of 8, 4, 2 and 1 tokens.
-void gemv(const VecJob* jobs, int n, bool relu2, bool reduce, bool accumulate, int64_t T, cudaStream_t s) {
+void gemv(const VecJob* jobs, int n, bool relu2, int64_t T, cudaStream_t s) {
   const int type = jobs[0].w->type;
   VecParams p{};
   p.n_jobs = n;
   p.relu2 = relu2;
-  p.reduce = reduce;
-  p.accumulate = accumulate;
   int64_t max_rows = 0;
   for (int j = 0; j < n; ++j) {
     const VecJob& v = jobs[j];
     const GpuWeight& w = *v.w;
-    if (reduce && w.rows != jobs[0].w->rows) throw std::invalid_argument("CUDA gemv: reduced products differ in rows");
     p.job[j] = VecJobDev{w.q, w.d, w.s, w.K, w.Kp, w.rows, w.row_bytes, v.mat_idx, v.mat, v.x, v.ldx, v.y, v.ldy, v.scale};
     max_rows = std::max(max_rows, w.rows);
   }
   // all whole groups of 8 tokens in one launch (grid.z), then the rest in 4, 2, 1
   for (int64_t t0 = 0; t0 < T;) {
     const int64_t left = T - t0;
-    const int nt = reduce ? 1 : left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
-    const int64_t groups = reduce ? std::min<int64_t>(left, 65535) : nt == 8 ? std::min<int64_t>(left / 8, 65535) : 1;
+    const int nt = left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1;
+    const int64_t groups = nt == 8 ? std::min<int64_t>(left / 8, 65535) : 1;
     for (int j = 0; j < n; ++j) {
       p.job[j].x = jobs[j].x + t0 * jobs[j].ldx;
       p.job[j].y = jobs[j].y + t0 * jobs[j].ldy;
@@ -675,12 +624,10 @@ void grouped_linear(const GroupedArgs& a, cudaStream_t s) {
 
 void gemv_batch(const VecBatch& b, int64_t T, cudaStream_t s) {
   if (T <= 0) return;
-  bool accumulate = b.accumulate;
   for (size_t j0 = 0; j0 < b.jobs.size();) {  // runs of one type, kMaxVecJobs at most
     size_t j1 = j0 + 1;
     while (j1 < b.jobs.size() && j1 - j0 < (size_t)kMaxVecJobs && b.jobs[j1].w->type == b.jobs[j0].w->type) ++j1;
-    gemv(b.jobs.data() + j0, (int)(j1 - j0), b.relu2, b.reduce, accumulate, T, s);
-    if (b.reduce) accumulate = true;  // later launches add to the same rows
+    gemv(b.jobs.data() + j0, (int)(j1 - j0), b.relu2, T, s);
     j0 = j1;
   }
 }
@@ -689,7 +636,7 @@ void linear(const LinearArgs& a, cudaStream_t s) {
   if (a.T <= 0) return;
   if (a.w->type == GGML_F32 || a.T <= kMaxGemvTokens) {  // F32 weights stay exact fp32 (tests, router)
     const VecJob j{a.w, nullptr, a.mat, a.x, a.ldx, a.y, a.ldy, nullptr};
-    gemv(&j, 1, a.relu2, false, false, a.T, s);
+    gemv(&j, 1, a.relu2, a.T, s);
   } else {
     gemm(a, s);
   }
