@@ -342,7 +342,7 @@ int gemv_blocks_per_sm() {
 
 template <int TYPE, int NT>
 void launch_gemv_t(VecParams p, int64_t max_rows, int64_t groups_of_nt, cudaStream_t s) {
-  constexpr int U = 8;  // words in flight per row and lane (16: more registers, fewer warps, same bytes)
+  constexpr int U = 8;  // words in flight per row and lane (16, at 80 registers: 403 vs 423 tok/s FP8)
   // Split K until the launch fills the resident warps once (small matrices: the router's 128
   // rows, the 2688-row output projections), keeping >= 4 words per lane.
   const int64_t want = (int64_t)sm_count() * gemv_blocks_per_sm<TYPE, NT, U>() * kVecWarps;
