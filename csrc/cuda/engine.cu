@@ -293,6 +293,7 @@ void CudaEngine::lin(const GpuWeight& w, const float* x, int64_t ldx, int64_t T,
 
 void CudaEngine::mamba(const DevLayer& L, int mi, CudaState& st, Scratch& sc, int64_t T, bool clamp_dt) {
   const int64_t nin = hp_.ssm_in_dim(), di = hp_.ssm_d_inner(), G = hp_.ssm_n_group;
+  lin(L.ssm_in, sc.h, hp_.n_embd, T, sc.u, nin);
   MambaArgs a;
   a.u = sc.u;
   a.ldu = nin;
@@ -313,26 +314,7 @@ void CudaEngine::mamba(const DevLayer& L, int mi, CudaState& st, Scratch& sc, in
   a.N = hp_.ssm_d_state;
   a.G = G;
   a.dt_floor = clamp_dt ? dt_floor_ : 0.0f;
-  LinearArgs in;
-  in.w = &L.ssm_in;
-  in.x = sc.h;
-  in.ldx = hp_.n_embd;
-  in.y = sc.u;
-  in.ldy = nin;
-  in.T = T;
-  ConvEpilogue conv;  // decode: the conv runs in the in_proj product's epilogue
-  if (T == 1) {
-    conv.first_row = di;
-    conv.C = a.C;
-    conv.K = a.K;
-    conv.w = a.conv_w;
-    conv.b = a.conv_b;
-    conv.state = a.conv_state;
-    conv.out = a.xbc;
-    in.conv = &conv;
-  }
-  linear(in, stream_);
-  if (T != 1) mamba_conv(a, stream_);
+  mamba_conv(a, stream_);
   mamba_scan(a, stream_);
   gated_rmsnorm(sc.ys, sc.u, nin, L.ssm_norm, T, di, di / G, (float)hp_.rms_eps, sc.v, stream_);
   lin(L.ssm_out, sc.v, di, T, sc.y, hp_.n_embd);
@@ -372,7 +354,7 @@ void CudaEngine::attention(const DevLayer& L, int ai, CudaState& st, Scratch& sc
   lin(L.wo, sc.o, qw, T, sc.y, E);
 }
 
-BlockOutput CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
+void CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
   const int64_t E = hp_.n_embd, ne = hp_.n_expert, F = hp_.n_ff_exp, Fsh = L.has_shexp ? L.up_shexp.rows : 0;
   const int k = (int)hp_.n_expert_used;
   lin(L.gate, sc.h, E, T, sc.glog, ne);
@@ -411,12 +393,8 @@ BlockOutput CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
     }
     gemv_batch(up, 1, stream_);
     gemv_batch(down, 1, stream_);
-    BlockOutput out;  // the weighted combine runs inside the next add_rmsnorm
-    out.ye = sc.ye;
-    out.shared = L.has_shexp ? ye_sh : nullptr;
-    out.wt = sc.wt;
-    out.k = k;
-    return out;
+    moe_combine(sc.ye, L.has_shexp ? ye_sh : nullptr, sc.wt, nullptr, 1, k, E, sc.y, stream_);
+    return;
   }
   // prefill: group the (token, slot) pairs by expert on the host, one product per expert
   const int64_t n = T * k;
@@ -475,9 +453,6 @@ BlockOutput CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
     lin(L.down_shexp, act_sh, Fsh, T, ye_sh, E);
   }
   moe_combine(sc.ye, L.has_shexp ? ye_sh : nullptr, sc.wt, sc.row_of, T, k, E, sc.y, stream_);
-  BlockOutput out;
-  out.y = sc.y;
-  return out;
 }
 
 // One forward pass: the operations of the layer sequence (model/graph.h) on the GPU, enqueued
@@ -487,40 +462,25 @@ struct CudaEngine::Pass {
   CudaState& st;
   Scratch& sc;
   bool clamp_dt;
-  BlockOutput out{};  // the last block's output, as the next add_norm / head adds it
 
   const DevLayer& layer(size_t i) const { return e.layers_[i]; }
   float eps() const { return (float)e.hp_.rms_eps; }
-  BlockOutput rows_y() const {
-    BlockOutput o;
-    o.y = sc.y;
-    return o;
-  }
   void embed(int64_t T) { cuda::embed(e.token_embd_, sc.tok, T, sc.x, e.hp_.n_embd, e.stream_); }
   void add_norm(size_t i, int64_t T) {
-    add_rmsnorm(sc.x, i ? out : BlockOutput{}, layer(i).attn_norm, T, e.hp_.n_embd, eps(), sc.h, e.stream_);
+    add_rmsnorm(sc.x, i ? sc.y : nullptr, layer(i).attn_norm, T, e.hp_.n_embd, eps(), sc.h, e.stream_);
   }
-  void mamba(size_t i, int slot, int64_t T) {
-    e.mamba(layer(i), slot, st, sc, T, clamp_dt);
-    out = rows_y();
-  }
-  void attention(size_t i, int slot, int64_t T) {
-    e.attention(layer(i), slot, st, sc, T);
-    out = rows_y();
-  }
-  void moe(size_t i, int64_t T) { out = e.moe(layer(i), sc, T); }
+  void mamba(size_t i, int slot, int64_t T) { e.mamba(layer(i), slot, st, sc, T, clamp_dt); }
+  void attention(size_t i, int slot, int64_t T) { e.attention(layer(i), slot, st, sc, T); }
+  void moe(size_t i, int64_t T) { e.moe(layer(i), sc, T); }
   void mlp(size_t i, int64_t T) {
     const DevLayer& L = layer(i);
     e.lin(L.ffn_up, sc.h, e.hp_.n_embd, T, sc.act, L.ffn_up.rows, true);
     e.lin(L.ffn_down, sc.act, L.ffn_up.rows, T, sc.y, e.hp_.n_embd);
-    out = rows_y();
   }
   void advance(int64_t T) { add_scalar_i32(st.d_n_past_, (int32_t)T, e.stream_); }
   void head(int64_t first, int64_t n) {  // only the rows whose logits are returned
     const int64_t E = e.hp_.n_embd;
-    BlockOutput o = out;
-    if (o.y) o.y += first * E;  // (the fused combine only occurs with one token: first == 0)
-    add_rmsnorm(sc.x + first * E, o, e.output_norm_, n, E, eps(), sc.h, e.stream_);
+    add_rmsnorm(sc.x + first * E, sc.y + first * E, e.output_norm_, n, E, eps(), sc.h, e.stream_);
     e.lin(e.output_, sc.h, E, n, sc.logits, e.hp_.n_vocab);
   }
 };

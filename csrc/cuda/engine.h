@@ -99,7 +99,7 @@ class CudaEngine {
   void forward(CudaState& st, Scratch& sc, int64_t T, bool clamp_dt, bool all_logits);
   void mamba(const DevLayer& L, int mi, CudaState& st, Scratch& sc, int64_t T, bool clamp_dt);
   void attention(const DevLayer& L, int ai, CudaState& st, Scratch& sc, int64_t T);
-  BlockOutput moe(const DevLayer& L, Scratch& sc, int64_t T);  // decode: combine left to the next norm
+  void moe(const DevLayer& L, Scratch& sc, int64_t T);
   void lin(const GpuWeight& w, const float* x, int64_t ldx, int64_t T, float* y, int64_t ldy, bool relu2 = false,
            int mat = 0);
   void decode_step(CudaState& st, int32_t token, float* logits);

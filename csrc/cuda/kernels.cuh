@@ -24,17 +24,6 @@ struct GpuWeight {
 };
 
 // y[t*ldy + r] = (W_mat . x[t*ldx + :K])[r] for T tokens; x must be finite up to K (not Kp).
-// Decode (one token): the Mamba in_proj product also runs the causal depthwise conv + SiLU of
-// its xBC rows, each channel by the thread that writes its row (which owns the channel's conv
-// state): one launch less per Mamba layer. Same arithmetic as mamba_conv.
-struct ConvEpilogue {
-  int64_t first_row = 0, C = 0, K = 0;  // rows [first_row, first_row + C) of the product are xBC
-  const float* w = nullptr;             // [C, K]
-  const float* b = nullptr;             // [C]
-  float* state = nullptr;               // [K-1, C]
-  float* out = nullptr;                 // [C] conv + SiLU output
-};
-
 struct LinearArgs {
   const GpuWeight* w;
   int mat = 0;                       // matrix of a stack (experts)
@@ -42,7 +31,6 @@ struct LinearArgs {
   float* y; int64_t ldy;
   int64_t T = 1;
   bool relu2 = false;                // y = relu(y)^2 (MoE / MLP up projections)
-  const ConvEpilogue* conv = nullptr;  // T == 1 only
 };
 
 // Matrix-vector products launched together (decode: attention q/k/v, the MoE's routed experts
@@ -71,18 +59,8 @@ void repack_weight(const uint8_t* src, int64_t src_row_bytes, const float* fp8_s
 void linear(const LinearArgs& a, cudaStream_t s);
 
 void embed(const GpuWeight& w, const int32_t* tokens, int64_t T, float* x, int64_t E, cudaStream_t s);
-// A block's output as the next norm adds it to the residual stream: nothing (first block), rows
-// y [T, n], or, in decode, the MoE's unreduced products: shared + sum_j wt[j] * ye[j] (the
-// combine, done inside the norm: one launch less per MoE layer).
-struct BlockOutput {
-  const float* y = nullptr;
-  const float* ye = nullptr;      // [k, n] routed experts' outputs of the one token
-  const float* shared = nullptr;  // [n] shared expert's output, or null
-  const float* wt = nullptr;      // [k] routing weights
-  int k = 0;
-};
-// x += y, then out = rmsnorm(x) * w; T rows of n (T == 1 with ye).
-void add_rmsnorm(float* x, const BlockOutput& y, const float* w, int64_t T, int64_t n, float eps, float* out,
+// x += y (skipped when y is null: first block), then out = rmsnorm(x) * w; T rows of n.
+void add_rmsnorm(float* x, const float* y, const float* w, int64_t T, int64_t n, float eps, float* out,
                  cudaStream_t s);
 
 // Expert products of a prefill in one launch: group g multiplies matrix grp[3g] by the

@@ -130,20 +130,7 @@ struct VecParams {
   VecJobDev job[kMaxVecJobs];
   int n_jobs, relu2;
   int ksplit;  // warps sharing the rows of a row group (1, 2, 4 or 8)
-  ConvEpilogue conv;  // conv.w null: none
 };
-
-// The conv of channel c for this token, given its new input u: reads the K-1 previous inputs
-// from the state, then shifts the state (this thread owns channel c).
-__device__ __forceinline__ void conv_epilogue(const ConvEpilogue& cv, int64_t c, float u) {
-  const int64_t S = cv.K - 1;
-  float acc = cv.b[c];
-  for (int64_t k = 0; k < S; ++k) acc += cv.w[c * cv.K + k] * cv.state[k * cv.C + c];
-  acc += cv.w[c * cv.K + S] * u;
-  cv.out[c] = acc / (1.0f + expf(-acc));
-  for (int64_t j = 0; j + 1 < S; ++j) cv.state[j * cv.C + c] = cv.state[(j + 1) * cv.C + c];
-  if (S > 0) cv.state[(S - 1) * cv.C + c] = u;
-}
 
 // Activations x[e .. e+3]. GUARD: zero past K (padded weights are zero, but x may hold anything
 // there) and no alignment assumed; else a plain 16-byte load.
@@ -339,8 +326,6 @@ __global__ void __launch_bounds__(kVecWarps * 32, NT == 1 ? 4 : 1) gemv_kernel(c
     if (J.scale) v *= *J.scale;
     if (p.relu2) v = v > 0.0f ? v * v : 0.0f;
     J.y[(t0 + t) * J.ldy + row] = v;
-    if (p.conv.w && row >= p.conv.first_row && row < p.conv.first_row + p.conv.C)
-      conv_epilogue(p.conv, row - p.conv.first_row, v);
   }
 }
 
@@ -385,15 +370,11 @@ void launch_gemv(const VecParams& p, int nt, int64_t max_rows, int64_t groups, c
 }
 
 // T tokens of up to kMaxVecJobs products of one type, in launches of 8, 4, 2 and 1 tokens.
-void gemv(const VecJob* jobs, int n, bool relu2, int64_t T, cudaStream_t s, const ConvEpilogue* conv = nullptr) {
+void gemv(const VecJob* jobs, int n, bool relu2, int64_t T, cudaStream_t s) {
   const int type = jobs[0].w->type;
   VecParams p{};
   p.n_jobs = n;
   p.relu2 = relu2;
-  if (conv) {
-    if (T != 1 || n != 1) throw std::invalid_argument("CUDA gemv: the conv epilogue is for one product of one token");
-    p.conv = *conv;
-  }
   int64_t max_rows = 0;
   for (int j = 0; j < n; ++j) {
     const VecJob& v = jobs[j];
@@ -653,10 +634,9 @@ void gemv_batch(const VecBatch& b, int64_t T, cudaStream_t s) {
 
 void linear(const LinearArgs& a, cudaStream_t s) {
   if (a.T <= 0) return;
-  if (a.conv && a.T != 1) throw std::invalid_argument("CUDA linear: the conv epilogue is for one token");
   if (a.w->type == GGML_F32 || a.T <= kMaxGemvTokens) {  // F32 weights stay exact fp32 (tests, router)
     const VecJob j{a.w, nullptr, a.mat, a.x, a.ldx, a.y, a.ldy, nullptr};
-    gemv(&j, 1, a.relu2, a.T, s, a.conv);
+    gemv(&j, 1, a.relu2, a.T, s);
   } else {
     gemm(a, s);
   }

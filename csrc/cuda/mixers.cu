@@ -76,22 +76,12 @@ __device__ float block_sum(float v) {
 // and a strided loop of 11 load-use steps per thread took ~9 us for a 2688-vector.
 constexpr int kNormThreads = 512, kNormPer = 8;
 
-// y's value at i (row 0 in the combine case), summed in moe_combine_kernel's order.
-__device__ __forceinline__ float block_output_at(const BlockOutput& y, const float* yr, int64_t i, int64_t n) {
-  if (yr) return yr[i];
-  if (!y.ye) return 0.0f;
-  float v = y.shared ? y.shared[i] : 0.0f;
-  for (int j = 0; j < y.k; ++j) v += y.wt[j] * y.ye[j * n + i];
-  return v;
-}
-
-__global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(float* __restrict__ x, const BlockOutput y,
+__global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(float* __restrict__ x, const float* __restrict__ y,
                                                                const float* __restrict__ w, int64_t n, float eps,
                                                                float* __restrict__ out) {
   pdl_trigger();
   float* xr = x + blockIdx.x * n;
-  const float* yr = y.y ? y.y + blockIdx.x * n : nullptr;
-  const bool add = yr || y.ye;
+  const float* yr = y ? y + blockIdx.x * n : nullptr;
   float* orow = out + blockIdx.x * n;
   float ss = 0.0f;
   if (n <= kNormThreads * kNormPer) {
@@ -99,12 +89,12 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(float* __restrict
 #pragma unroll
     for (int j = 0; j < kNormPer; ++j) {
       const int64_t i = threadIdx.x + j * kNormThreads;
-      v[j] = i < n ? xr[i] + block_output_at(y, yr, i, n) : 0.0f;
+      v[j] = i < n ? xr[i] + (yr ? yr[i] : 0.0f) : 0.0f;
     }
 #pragma unroll
     for (int j = 0; j < kNormPer; ++j) {
       const int64_t i = threadIdx.x + j * kNormThreads;
-      if (add && i < n) xr[i] = v[j];
+      if (yr && i < n) xr[i] = v[j];
       ss += v[j] * v[j];
     }
     const float inv = rsqrtf(block_sum(ss) / (float)n + eps);
@@ -116,7 +106,7 @@ __global__ void __launch_bounds__(kNormThreads) rmsnorm_kernel(float* __restrict
     return;
   }
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    if (add) xr[i] += block_output_at(y, yr, i, n);
+    if (yr) xr[i] += yr[i];
     ss += xr[i] * xr[i];
   }
   const float inv = rsqrtf(block_sum(ss) / (float)n + eps);
@@ -465,9 +455,8 @@ void embed(const GpuWeight& w, const int32_t* tokens, int64_t T, float* x, int64
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
 }
 
-void add_rmsnorm(float* x, const BlockOutput& y, const float* w, int64_t T, int64_t n, float eps, float* out,
+void add_rmsnorm(float* x, const float* y, const float* w, int64_t T, int64_t n, float eps, float* out,
                  cudaStream_t s) {
-  if (y.ye && T != 1) throw std::invalid_argument("CUDA add_rmsnorm: the fused MoE combine is for one token");
   rmsnorm_kernel<<<(unsigned)T, kNormThreads, 0, s>>>(x, y, w, n, eps, out);
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
 }
