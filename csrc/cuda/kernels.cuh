@@ -42,7 +42,6 @@ struct VecJob {
   int mat = 0;                       // or matrix `mat` when mat_idx is null
   const float* x = nullptr; int64_t ldx = 0;
   float* y = nullptr; int64_t ldy = 0;
-  const float* scale = nullptr;      // device scalar multiplying this product (null: 1)
 };
 struct VecBatch {
   std::vector<VecJob> jobs;

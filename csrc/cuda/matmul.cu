@@ -107,8 +107,10 @@ __global__ void repack_kernel(const uint8_t* src, int64_t src_rb, int type, int6
 // of each row per step, so a warp reads 128 contiguous bytes per row (one coalesced request),
 // and U words per row are requested before the first is used: a multiprocessor keeps tens of
 // KB of weight loads in flight, which is what batch-1 decode on an HBM GPU needs (the earlier
-// kernel staged x in shared memory first and kept ~4 KB per warp in flight: 1.4 TB/s). The
-// activations are read through L1 (every warp of a multiprocessor reads the same few KB).
+// kernel staged x in shared memory first and kept ~4 KB per warp in flight: 1.4 TB/s; one that
+// copied the weights to shared memory with cp.async, ~190 KB in flight per multiprocessor, was
+// slower than this one: bench/RESULTS.md). The activations are read through L1 (every warp of a
+// multiprocessor reads the same few KB).
 // Several products of one weight type share a launch (VecBatch): blockIdx.y picks the product;
 // blockIdx.z: groups of NT tokens.
 //
@@ -124,7 +126,6 @@ struct VecJobDev {
   const int32_t* mat_idx; int mat;
   const float* x; int64_t ldx;
   float* y; int64_t ldy;
-  const float* scale;
 };
 struct VecParams {
   VecJobDev job[kMaxVecJobs];
@@ -323,7 +324,6 @@ __global__ void __launch_bounds__(kVecWarps * 32, NT == 1 ? 4 : 1) gemv_kernel(c
     if (row >= J.rows) continue;
     float v = 0.0f;
     for (int k = 0; k < p.ksplit; ++k) v += part[g * p.ksplit + k][rr][t];
-    if (J.scale) v *= *J.scale;
     if (p.relu2) v = v > 0.0f ? v * v : 0.0f;
     J.y[(t0 + t) * J.ldy + row] = v;
   }
@@ -379,7 +379,7 @@ void gemv(const VecJob* jobs, int n, bool relu2, int64_t T, cudaStream_t s) {
   for (int j = 0; j < n; ++j) {
     const VecJob& v = jobs[j];
     const GpuWeight& w = *v.w;
-    p.job[j] = VecJobDev{w.q, w.d, w.s, w.K, w.Kp, w.rows, w.row_bytes, v.mat_idx, v.mat, v.x, v.ldx, v.y, v.ldy, v.scale};
+    p.job[j] = VecJobDev{w.q, w.d, w.s, w.K, w.Kp, w.rows, w.row_bytes, v.mat_idx, v.mat, v.x, v.ldx, v.y, v.ldy};
     max_rows = std::max(max_rows, w.rows);
   }
   // all whole groups of 8 tokens in one launch (grid.z), then the rest in 4, 2, 1
@@ -635,7 +635,7 @@ void gemv_batch(const VecBatch& b, int64_t T, cudaStream_t s) {
 void linear(const LinearArgs& a, cudaStream_t s) {
   if (a.T <= 0) return;
   if (a.w->type == GGML_F32 || a.T <= kMaxGemvTokens) {  // F32 weights stay exact fp32 (tests, router)
-    const VecJob j{a.w, nullptr, a.mat, a.x, a.ldx, a.y, a.ldy, nullptr};
+    const VecJob j{a.w, nullptr, a.mat, a.x, a.ldx, a.y, a.ldy};
     gemv(&j, 1, a.relu2, a.T, s);
   } else {
     gemm(a, s);
