@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "cuda/check.h"
+#include "cuda/decode.cuh"
 #include "cuda/kernels.cuh"
 #include "cuda/launch.cuh"
 #include "nemocpu/ggml_types.h"
@@ -41,39 +42,24 @@ int64_t elem_bytes_x2(int type) {  // bytes per 2 elements of a padded row
   }
 }
 
-// Decode one 16-byte chunk of a padded row (4, 8, 16 or 32 elements by type) into floats
-// (block scale applied by the caller).
+// One 16-byte chunk of a padded row (4, 8, 16 or 32 elements by type) as floats, in element
+// order (block scale applied by the caller).
 template <int TYPE>
 __device__ __forceinline__ void decode_chunk(const uint4 raw, float* w) {
-  const uint8_t* b = reinterpret_cast<const uint8_t*>(&raw);
-  if constexpr (TYPE == GGML_F32) {
-    const float* f = reinterpret_cast<const float*>(&raw);
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+  constexpr int n = WordElems<TYPE>::n;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) w[i] = f[i];
-  } else if constexpr (TYPE == GGML_F16) {
-    const __half* h = reinterpret_cast<const __half*>(&raw);
+  for (int j = 0; j < 4; ++j) {
+    if constexpr (TYPE == GGML_Q4_0) {  // word j: elements 4j.. (low nibbles) and 16 + 4j..
+      float v[8];
+      decode_word<TYPE>(words[j], v);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) w[i] = __half2float(h[i]);
-  } else if constexpr (TYPE == GGML_BF16) {
-    const uint16_t* h = reinterpret_cast<const uint16_t*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) w[i] = __uint_as_float((uint32_t)h[i] << 16);
-  } else if constexpr (TYPE == GGML_I8) {  // hardware e4m3x2 -> f16x2 conversion (sm_89+)
-    const __nv_fp8x2_storage_t* p2 = reinterpret_cast<const __nv_fp8x2_storage_t*>(&raw);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(p2[i], __NV_E4M3)));
-      w[2 * i] = f.x;
-      w[2 * i + 1] = f.y;
-    }
-  } else if constexpr (TYPE == GGML_Q8_0) {
-#pragma unroll
-    for (int i = 0; i < 16; ++i) w[i] = (float)(int8_t)b[i];
-  } else {  // Q4_0: byte j holds element j (low nibble) and j + 16 (high nibble)
-#pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      w[i] = (float)((int)(b[i] & 0xf) - 8);
-      w[i + 16] = (float)((int)(b[i] >> 4) - 8);
+      for (int i = 0; i < 4; ++i) {
+        w[4 * j + i] = v[i];
+        w[16 + 4 * j + i] = v[4 + i];
+      }
+    } else {
+      decode_word<TYPE>(words[j], w + n * j);
     }
   }
 }
@@ -146,11 +132,6 @@ __device__ __forceinline__ float2 ld_x2(const float* x, int e, int K) {
   if constexpr (!GUARD) return __ldg(reinterpret_cast<const float2*>(x + e));
   return make_float2(e < K ? x[e] : 0.0f, e + 1 < K ? x[e + 1] : 0.0f);
 }
-// Exact small integers as floats without the quarter-rate I2F: 2^23 + n has n in its mantissa.
-__device__ __forceinline__ float low_byte_minus(uint32_t v, float bias) {
-  return __uint_as_float(0x4B000000u | (v & 0xffu)) - bias;
-}
-
 // The activations one word of a row multiplies: word w holds elements 4w.. (FP8, Q8_0), 2w..
 // (F16, BF16), w (F32), or, for Q4_0, word m of block b holds 32b + 4m + i (low nibbles) and
 // 32b + 16 + 4m + i (high nibbles). Loaded once, used by every row of the warp.
@@ -187,29 +168,17 @@ __device__ __forceinline__ int safe_words(int K) {
 // Sum over the elements of word `wd` of weight * x (block scale not applied).
 template <int TYPE>
 __device__ __forceinline__ float dot_word(uint32_t wd, const WordX& x) {
-  if constexpr (TYPE == GGML_F32) {
-    return __uint_as_float(wd) * x.lo.x;
-  } else if constexpr (TYPE == GGML_F16) {
-    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&wd));
-    return f.x * x.lo.x + f.y * x.lo.y;
-  } else if constexpr (TYPE == GGML_BF16) {
-    return __uint_as_float(wd << 16) * x.lo.x + __uint_as_float(wd & 0xffff0000u) * x.lo.y;
-  } else if constexpr (TYPE == GGML_I8) {
-    // hardware e4m3x2 -> f16x2 (sm_89+). An exact decode with integer ops (sign and low 7 bits
-    // at fp32 bits 31 and 20..26, times 2^120) made the FP8 decode 7% slower (331 vs 357 tok/s).
-    const float2 a = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(wd & 0xffffu), __NV_E4M3)));
-    const float2 b = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(wd >> 16), __NV_E4M3)));
-    return a.x * x.lo.x + a.y * x.lo.y + b.x * x.lo.z + b.y * x.lo.w;
-  } else if constexpr (TYPE == GGML_Q8_0) {  // int8 b = (b ^ 0x80) - 128
-    const uint32_t u = wd ^ 0x80808080u;
-    return low_byte_minus(u, 8388736.0f) * x.lo.x + low_byte_minus(u >> 8, 8388736.0f) * x.lo.y +
-           low_byte_minus(u >> 16, 8388736.0f) * x.lo.z + low_byte_minus(u >> 24, 8388736.0f) * x.lo.w;
-  } else {  // Q4_0: nibble n is the weight n - 8
-    const uint32_t lo = wd & 0x0f0f0f0fu, hi = (wd >> 4) & 0x0f0f0f0fu;
-    return low_byte_minus(lo, 8388616.0f) * x.lo.x + low_byte_minus(lo >> 8, 8388616.0f) * x.lo.y +
-           low_byte_minus(lo >> 16, 8388616.0f) * x.lo.z + low_byte_minus(lo >> 24, 8388616.0f) * x.lo.w +
-           low_byte_minus(hi, 8388616.0f) * x.hi.x + low_byte_minus(hi >> 8, 8388616.0f) * x.hi.y +
-           low_byte_minus(hi >> 16, 8388616.0f) * x.hi.z + low_byte_minus(hi >> 24, 8388616.0f) * x.hi.w;
+  float v[WordElems<TYPE>::n];
+  decode_word<TYPE>(wd, v);
+  if constexpr (WordElems<TYPE>::n == 1) {
+    return v[0] * x.lo.x;
+  } else if constexpr (WordElems<TYPE>::n == 2) {
+    return v[0] * x.lo.x + v[1] * x.lo.y;
+  } else if constexpr (WordElems<TYPE>::n == 4) {
+    return v[0] * x.lo.x + v[1] * x.lo.y + v[2] * x.lo.z + v[3] * x.lo.w;
+  } else {
+    return v[0] * x.lo.x + v[1] * x.lo.y + v[2] * x.lo.z + v[3] * x.lo.w + v[4] * x.hi.x + v[5] * x.hi.y +
+           v[6] * x.hi.z + v[7] * x.hi.w;
   }
 }
 
