@@ -375,12 +375,9 @@ void CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
   float* ye_sh = sc.ye + T * k * E;
   if (T == 1) {
     // decode: expert ids stay on the device (graph-capturable). The routed experts and the
-    // shared expert go up in one launch and down in another, then the weighted combine. (The
-    // gemv's reduce mode, one warp per product summing in the block, did down + combine in
-    // one launch but ran at ~1 TB/s: 7 warps per 2 rows, the shared expert's twice-longer
-    // rows setting each block's time; 42 us against ~20 for the plain launch.)
-    // The shared expert's product is the largest: it goes first, so that its blocks are
-    // scheduled first and the routed experts' shorter ones fill in behind them.
+    // shared expert go up in one launch and down in another, then the weighted combine (a
+    // down launch that also combined measured slower: bench/RESULTS.md). The shared expert's
+    // product is the largest: it goes first, so its blocks are scheduled first.
     VecBatch up, down;
     up.relu2 = true;
     if (L.has_shexp) {

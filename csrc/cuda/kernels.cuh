@@ -54,7 +54,7 @@ void repack_weight(const uint8_t* src, int64_t src_row_bytes, const float* fp8_s
                    GpuWeight& w, cudaStream_t s);
 
 // Chooses the matrix-vector kernel (few tokens or F32 weights: fp32 math) or the tensor-core
-// matrix-matrix kernel (3xBF16 operands, fp32 accumulation) and launches it.
+// matrix-matrix kernel (bf16 pairs, fp32 accumulation) and launches it.
 void linear(const LinearArgs& a, cudaStream_t s);
 
 void embed(const GpuWeight& w, const int32_t* tokens, int64_t T, float* x, int64_t E, cudaStream_t s);

@@ -91,7 +91,7 @@ __global__ void repack_kernel(const uint8_t* src, int64_t src_rb, int type, int6
 // rows (or a slice of their K when a matrix has too few rows to fill the GPU: `ksplit` warps of
 // a block share the rows and the block sums their partials); each lane reads one 32-bit word
 // of each row per step, so a warp reads 128 contiguous bytes per row (one coalesced request),
-// and U words per row are requested before the first is used: a multiprocessor keeps tens of
+// and kVecUnroll words per row are requested before the first is used: a multiprocessor keeps tens of
 // KB of weight loads in flight, which is what batch-1 decode on an HBM GPU needs (the earlier
 // kernel staged x in shared memory first and kept ~4 KB per warp in flight: 1.4 TB/s; one that
 // copied the weights to shared memory with cp.async, ~190 KB in flight per multiprocessor, was
@@ -105,6 +105,7 @@ __global__ void repack_kernel(const uint8_t* src, int64_t src_rb, int type, int6
 // only then waits for the previous kernel (griddepcontrol.wait) before reading anything that
 // kernel wrote (activations, expert ids, routing weights) and before it writes its output.
 constexpr int kVecWarps = 8, kVecRows = 2;
+constexpr int kVecUnroll = 8;  // words in flight per row and lane (16, at 80 registers: 403 vs 423 tok/s FP8)
 
 struct VecJobDev {
   const uint8_t* q; const uint16_t* d; const float* s;
@@ -182,12 +183,13 @@ __device__ __forceinline__ float dot_word(uint32_t wd, const WordX& x) {
   }
 }
 
-// One step of U words per lane and row: all the words requested, then used. FULL: all
-// U * 32 words exist (no predicates); GUARD: activations may end inside these words.
-template <int TYPE, int NT, int U, bool FULL, bool GUARD>
+// One step of kVecUnroll words per lane and row: all the words requested, then used. FULL: all
+// kVecUnroll * 32 words exist (no predicates); GUARD: activations may end inside these words.
+template <int TYPE, int NT, bool FULL, bool GUARD>
 __device__ __forceinline__ void dot_step(const uint32_t* const (&wrow)[kVecRows], const uint16_t* const (&drow)[kVecRows],
                                          const float* x, int64_t ldx, int K, int w0, int w_end, int lane,
                                          float (&acc)[kVecRows][NT]) {
+  constexpr int U = kVecUnroll;
   uint32_t wd[kVecRows][U];
 #pragma unroll
   for (int u = 0; u < U; ++u) {
@@ -225,7 +227,7 @@ __device__ __forceinline__ void dot_step(const uint32_t* const (&wrow)[kVecRows]
 
 // acc[rr][t] = row (r0 + rr) of job J dotted with token t of x over words [w_begin, w_end) of
 // the row (warp-reduced, valid in every lane), FP8 row scale applied.
-template <int TYPE, int NT, int U>
+template <int TYPE, int NT>
 __device__ __forceinline__ void dot_rows(const VecJobDev& J, int64_t r0, int w_begin, int w_end, int lane,
                                          float (&acc)[kVecRows][NT]) {
   if (J.mat_idx) pdl_wait();  // the expert id comes from the router
@@ -248,11 +250,10 @@ __device__ __forceinline__ void dot_rows(const VecJobDev& J, int64_t r0, int w_b
   const int K = (int)J.K;
   const int w_safe = vec ? max(w_begin, min(w_end, safe_words<TYPE>(K))) : w_begin;
   int w0 = w_begin;
-  for (; w0 + 32 * U <= w_safe; w0 += 32 * U)
-    dot_step<TYPE, NT, U, true, false>(wrow, drow, J.x, J.ldx, K, w0, w_safe, lane, acc);
-  if (w0 < w_safe) dot_step<TYPE, NT, U, false, false>(wrow, drow, J.x, J.ldx, K, w0, w_safe, lane, acc);
-  for (w0 = w_safe; w0 < w_end; w0 += 32 * U)
-    dot_step<TYPE, NT, U, false, true>(wrow, drow, J.x, J.ldx, K, w0, w_end, lane, acc);
+  constexpr int step = 32 * kVecUnroll;
+  for (; w0 + step <= w_safe; w0 += step) dot_step<TYPE, NT, true, false>(wrow, drow, J.x, J.ldx, K, w0, w_safe, lane, acc);
+  if (w0 < w_safe) dot_step<TYPE, NT, false, false>(wrow, drow, J.x, J.ldx, K, w0, w_safe, lane, acc);
+  for (w0 = w_safe; w0 < w_end; w0 += step) dot_step<TYPE, NT, false, true>(wrow, drow, J.x, J.ldx, K, w0, w_end, lane, acc);
 #pragma unroll
   for (int rr = 0; rr < kVecRows; ++rr)
 #pragma unroll
@@ -265,7 +266,7 @@ __device__ __forceinline__ void dot_rows(const VecJobDev& J, int64_t r0, int w_b
     }
 }
 
-template <int TYPE, int NT, int U>
+template <int TYPE, int NT>
 __global__ void __launch_bounds__(kVecWarps * 32, NT == 1 ? 4 : 1) gemv_kernel(const __grid_constant__ VecParams p) {
   pdl_trigger();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -278,7 +279,7 @@ __global__ void __launch_bounds__(kVecWarps * 32, NT == 1 ? 4 : 1) gemv_kernel(c
   const int64_t r0 = ((int64_t)blockIdx.x * groups + warp / p.ksplit) * kVecRows;
   const int W = (int)(J.row_bytes / 4), per = (W + 32 * p.ksplit - 1) / (32 * p.ksplit) * 32;
   if (r0 < J.rows) {
-    dot_rows<TYPE, NT, U>(J, r0, min(W, ks * per), min(W, (ks + 1) * per), lane, acc);
+    dot_rows<TYPE, NT>(J, r0, min(W, ks * per), min(W, (ks + 1) * per), lane, acc);
     if (lane == 0)
 #pragma unroll
       for (int rr = 0; rr < kVecRows; ++rr)
@@ -299,11 +300,11 @@ __global__ void __launch_bounds__(kVecWarps * 32, NT == 1 ? 4 : 1) gemv_kernel(c
 }
 
 // Blocks per multiprocessor the gemv reaches (registers bound it; measured by the runtime).
-template <int TYPE, int NT, int U>
+template <int TYPE, int NT>
 int gemv_blocks_per_sm() {
   static int n = 0;
   if (!n) {
-    NEMOCPU_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<TYPE, NT, U>, kVecWarps * 32, 0));
+    NEMOCPU_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemv_kernel<TYPE, NT>, kVecWarps * 32, 0));
     n = std::max(n, 1);
   }
   return n;
@@ -311,11 +312,11 @@ int gemv_blocks_per_sm() {
 
 template <int TYPE, int NT>
 void launch_gemv_t(VecParams p, int64_t max_rows, int64_t groups_of_nt, cudaStream_t s) {
-  constexpr int U = 8;  // words in flight per row and lane (16, at 80 registers: 403 vs 423 tok/s FP8)
   // Split K until the launch fills the resident warps once (small matrices: the router's 128
   // rows, the 2688-row output projections), keeping >= 4 words per lane.
-  const int64_t want = (int64_t)sm_count() * gemv_blocks_per_sm<TYPE, NT, U>() * kVecWarps;
-  const int64_t W = p.job[0].row_bytes / 4;
+  const int64_t want = (int64_t)sm_count() * gemv_blocks_per_sm<TYPE, NT>() * kVecWarps;
+  int64_t W = p.job[0].row_bytes / 4;  // the shortest row of the launch sets the limit
+  for (int j = 1; j < p.n_jobs; ++j) W = std::min(W, p.job[j].row_bytes / 4);
   int64_t warps = (max_rows + kVecRows - 1) / kVecRows * p.n_jobs * groups_of_nt;
   p.ksplit = 1;
   while (p.ksplit < kVecWarps && warps < want && W / (2 * p.ksplit) >= 32 * 4) {
@@ -325,7 +326,7 @@ void launch_gemv_t(VecParams p, int64_t max_rows, int64_t groups_of_nt, cudaStre
   const int64_t rows_per_block = (int64_t)(kVecWarps / p.ksplit) * kVecRows;
   const dim3 grid((unsigned)((max_rows + rows_per_block - 1) / rows_per_block), (unsigned)p.n_jobs,
                   (unsigned)groups_of_nt);
-  launch_pdl(gemv_kernel<TYPE, NT, U>, grid, dim3(kVecWarps * 32), 0, s, p);
+  launch_pdl(gemv_kernel<TYPE, NT>, grid, dim3(kVecWarps * 32), s, p);
 }
 
 template <int TYPE>
