@@ -88,6 +88,9 @@ void register_cuda(py::module_& m, HParams (*hparams_from_dict)(const py::dict&)
       .def_property_readonly("device_name", [](PyCudaEngine& e) { return e.eng->device_name(); })
       .def_property_readonly("n_threads", [](PyCudaEngine& e) { return e.n_threads; })
       .def("memory_report", [](PyCudaEngine& e) { return e.eng->memory_report(); })
+      .def_property_readonly("repacks", [](PyCudaEngine&) { return false; },
+                             "No lazy repack: the weights are uploaded in the GPU layout at construction")
+      .def("repack_all", [](PyCudaEngine&) {}, "Nothing to do (kept for the Engine interface)")
       .def("set_threads", [](PyCudaEngine& e, int n) { e.n_threads = n > 0 ? n : 1; }, py::arg("n"),
            "Host threads do not matter on the GPU path; kept for the Engine interface")
       .def("new_state", [](PyCudaEngine& e, int64_t n_ctx, const std::string& kv) {

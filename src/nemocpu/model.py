@@ -167,9 +167,7 @@ class Model:
         """Repack every Q8_0/Q4_0 matrix now. Otherwise each one is repacked the first time a
         token needs it (loading stays instant; experts never routed to cost no memory), which
         makes the first tokens slower: call this before timing anything."""
-        repack_all = getattr(self._engine, "repack_all", None)    # the CUDA engine has none
-        if repack_all is not None:
-            repack_all()
+        self._engine.repack_all()
 
     def set_threads(self, n: int) -> None:
         n = _check_threads(n)
