@@ -14,7 +14,8 @@ namespace cuda {
 
 namespace {
 constexpr int64_t kUbatch = 1024;     // prefill chunk (bounds scratch; GEMM tiles stay full)
-constexpr int kDecodeSplits = 32;     // split-K blocks per KV head in single-token attention
+constexpr int kDecodeSplits = 32;     // split-K blocks per KV head in single-token attention, at most
+                                      // (the kernel uses one per 64 keys: mixers.cu attn_decode_kernel)
 
 template <class T>
 T* dev_alloc(std::vector<void*>& owned, int64_t n) {
@@ -241,8 +242,15 @@ void CudaEngine::alloc_scratch(Scratch& sc, int64_t cap, int64_t logit_rows) {
   sc.k = dev_alloc<float>(o, T * kvw);
   sc.kv_v = dev_alloc<float>(o, T * kvw);
   sc.o = dev_alloc<float>(o, T * qw);
-  sc.part = dev_alloc<float>(o, attention_part_floats(1, hp_.n_head, hp_.head_dim, kDecodeSplits));  // T == 1 evals
+  // T == 1 evals: split-K partials and the arrival counters, zeroed once (each launch leaves them at
+  // zero); on the engine's stream, which the kernels that use them follow
+  const size_t part = attention_part_floats(1, hp_.n_head, hp_.n_head_kv, hp_.head_dim, kDecodeSplits);
+  sc.part = dev_alloc<float>(o, part);
+  NEMOCPU_CUDA_CHECK(cudaMemsetAsync(sc.part, 0, part * sizeof(float), stream_));
   sc.glog = dev_alloc<float>(o, T * hp_.n_expert);
+  sc.route_count = dev_alloc<int32_t>(o, 1);
+  // on the engine's stream: the kernels that use it follow there (the legacy stream's memset would not order)
+  NEMOCPU_CUDA_CHECK(cudaMemsetAsync(sc.route_count, 0, sizeof(int32_t), stream_));
   sc.idx = dev_alloc<int32_t>(o, T * k);
   sc.wt = dev_alloc<float>(o, T * k);
   sc.row_of = dev_alloc<int32_t>(o, T * k);
@@ -336,7 +344,7 @@ void CudaEngine::attention(const DevLayer& L, int ai, CudaState& st, Scratch& sc
   const bool f16 = st.layout_.kv_type == GGML_F16;
   uint8_t* kc = st.k_ + ai * layer_bytes;
   uint8_t* vc = st.v_ + ai * layer_bytes;
-  kv_write(sc.k, sc.kv_v, T, kvw, st.d_n_past_, kc, vc, f16, stream_);
+  if (T > 1) kv_write(sc.k, sc.kv_v, T, kvw, st.d_n_past_, kc, vc, f16, stream_);  // T == 1: attention writes them
   AttnArgs a;
   a.q = sc.q;
   a.kc = kc;
@@ -350,6 +358,11 @@ void CudaEngine::attention(const DevLayer& L, int ai, CudaState& st, Scratch& sc
   a.nkv = hp_.n_head_kv;
   a.hd = hp_.head_dim;
   a.splits = T == 1 ? kDecodeSplits : 1;
+  if (T == 1) {
+    a.k_new = sc.k;
+    a.v_new = sc.kv_v;
+    a.count = attention_counters(sc.part, 1, hp_.n_head, hp_.head_dim, kDecodeSplits);
+  }
   cuda::attention(a, stream_);
   lin(L.wo, sc.o, qw, T, sc.y, E);
 }
@@ -357,7 +370,6 @@ void CudaEngine::attention(const DevLayer& L, int ai, CudaState& st, Scratch& sc
 void CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
   const int64_t E = hp_.n_embd, ne = hp_.n_expert, F = hp_.n_ff_exp, Fsh = L.has_shexp ? L.up_shexp.rows : 0;
   const int k = (int)hp_.n_expert_used;
-  lin(L.gate, sc.h, E, T, sc.glog, ne);
   RouterArgs r;
   r.logits = sc.glog;
   r.bias = L.exp_probs_b;
@@ -370,7 +382,12 @@ void CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
   r.n_group_used = (int)hp_.expert_group_used_count;
   r.norm = hp_.expert_weights_norm;
   r.scale = (float)hp_.expert_weights_scale;
-  route(r, stream_);
+  if (T == 1 && L.gate.type == GGML_F32) {
+    route_decode(L.gate, sc.h, r, sc.route_count, stream_);  // gate product + routing: one launch
+  } else {
+    lin(L.gate, sc.h, E, T, sc.glog, ne);
+    route(r, stream_);
+  }
   float* act_sh = sc.act + T * k * F;
   float* ye_sh = sc.ye + T * k * E;
   if (T == 1) {

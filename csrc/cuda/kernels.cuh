@@ -96,16 +96,24 @@ void kv_write(const float* k, const float* v, int64_t T, int64_t kvw, const int3
               void* vc, bool f16, cudaStream_t s);
 struct AttnArgs {
   const float* q;                    // [T, nq*hd]
-  const void* kc; const void* vc;    // caches [n_ctx, nkv*hd]
+  void* kc; void* vc;                // caches [n_ctx, nkv*hd]
   bool f16;
   const int32_t* n_past;             // device: position of token 0 (keys 0..n_past+t visible)
   float* out;                        // [T, nq*hd]
   float* part;                       // split-K scratch (splits > 1)
   int64_t T, nq, nkv, hd;
-  int splits;                        // >1: split the keys of each query over this many blocks
+  int splits;                        // >1: split the keys of each query over up to this many blocks
+  // Single token (T == 1): its k and v rows [nkv*hd]; attention() writes them to the caches
+  // itself (no kv_write before it). Null: the caches already hold them (prefill).
+  const float* k_new = nullptr; const float* v_new = nullptr;
+  int32_t* count = nullptr;          // T == 1, splits > 1: attention_counters(part, ...)
 };
 void attention(const AttnArgs& a, cudaStream_t s);
-size_t attention_part_floats(int64_t T, int64_t nq, int64_t hd, int splits);
+// Split-K scratch of `part`: (max, sum, acc[hd]) per (token, head, split), then one int32
+// arrival counter per (token, kv head). Zero the whole buffer once when allocating it: the
+// attention kernel leaves every counter at zero again.
+size_t attention_part_floats(int64_t T, int64_t nq, int64_t nkv, int64_t hd, int splits);
+int32_t* attention_counters(float* part, int64_t T, int64_t nq, int64_t hd, int splits);
 
 // MoE
 struct RouterArgs {
@@ -115,6 +123,11 @@ struct RouterArgs {
   bool norm; float scale;
 };
 void route(const RouterArgs& a, cudaStream_t s);
+// Decode (a.T == 1, F32 gate): the gate product x . gate -> a.logits (written: scratch) and
+// route() in one programmatic-dependent launch instead of two dependent ones (linear + route).
+// The last block to finish its logits routes; `counter` (device int, zero before the first
+// launch, left at zero after each) counts the blocks. The routing rule is route()'s own code.
+void route_decode(const GpuWeight& gate, const float* x, const RouterArgs& a, int32_t* counter, cudaStream_t s);
 // out[t] = shared[t] (or 0) + sum_j wt[t,j] * ye[row(t,j)]; row_of null = t*k + j
 void moe_combine(const float* ye, const float* shared, const float* wt, const int32_t* row_of, int64_t T,
                  int k, int64_t E, float* out, cudaStream_t s);

@@ -250,6 +250,7 @@ size_t attn_smem_floats(int64_t rep, int64_t hd) {
   return rep * hd * 2 + kKeyTile * (hd + 1) + kKeyTile * hd + rep * kKeyTile + 3 * rep;
 }
 
+// Prefill (and decode shapes attn_decode_kernel does not take, after kv_write).
 // Block (token t, kv head g, split sp): the rep query heads of group g against keys
 // [k0, k1) of the causal range, online softmax in fp32. splits == 1 writes the output;
 // otherwise (max, sum, unnormalized acc) per head go to `part` for attn_combine_kernel.
@@ -356,26 +357,344 @@ __global__ void attn_combine_kernel(AttnArgs a) {
   }
 }
 
+// ---- single-token attention (decode): one launch ------------------------------------
+// Grid (kv head g, split sp) of kDecThreads. The key count (n_past + 1) lives on the device (a
+// decode step is a replayed CUDA graph), so each block sizes the split itself: `used` =
+// ceil(keys / kDecMinKeys) splits, at most a.splits; the other blocks return at once. A split
+// costs a fixed ~1-2 us (partials out, fence, counter, the last block reading them back), about
+// what a block spends on 64 keys (estimates, not measured): shorter contexts run in one block
+// per KV head, and a split of up to 64 keys is one tile for head_dim <= 128. The block
+// holding the newest key (n_past) takes this token's k/v rows from k_new/v_new (rounded as the
+// cache stores them) and writes them to the caches: no kv_write launch, and only that block
+// touches them. With several splits each writes its partial (max, sum, acc) to `part`; the
+// last to arrive (count[g]) combines them and resets the counter: no combine launch.
+// The rep query heads share K/V tiles in shared memory (K rows padded by 4 floats: eight rows
+// read by one float4 load fall in distinct banks). Scores: a thread does 4 heads x 1 key, the
+// 8 lanes of an octet hold 8 keys of one head quad (so one K load serves 4 quads); softmax
+// statistics reduce over octets (shuffles) and the tile's octet slots (shared memory);
+// P.V: a thread keeps 4 heads x 2 dims of the output in registers. fp32 with expf throughout.
+constexpr int kDecThreads = 256;
+constexpr int kDecStage = 8;     // float4 of K (and of V) per thread per tile: sets the tile's keys
+constexpr int kDecMinKeys = 64;  // keys per split at least (above)
+constexpr int kDecItems = 2;     // (head quad, key) and (head quad, dim pair) items per thread
+
+// Keys per tile: a multiple of 32 (QK items stay warp-uniform), at most 64.
+__host__ __device__ inline int dec_tile_keys(int64_t hd) {
+  const int tk = (int)(kDecStage * kDecThreads * 4 / hd) / 32 * 32;
+  return tk < 64 ? tk : 64;
+}
+
+size_t attn_dec_smem_floats(int64_t rep, int64_t hd, int splits) {
+  const int64_t rp = (rep + 3) / 4 * 4, tk = dec_tile_keys(hd);
+  return rp * (hd + 4) + tk * (hd + 4) + tk * hd + tk * rp + 2 * (tk / 8) * rp + rp * splits + rp;
+}
+
+bool attn_dec_fits(const AttnArgs& a) {
+  const int64_t hq = (a.nq / a.nkv + 3) / 4, hd = a.hd;
+  return a.T == 1 && a.k_new && a.v_new && hd % 4 == 0 && hd <= 256 &&
+         hq * dec_tile_keys(hd) <= kDecItems * kDecThreads && hq * (hd / 2) <= kDecItems * kDecThreads &&
+         (a.splits == 1 || a.count);
+}
+
+// The cache's 4-value word: float4 (f32) or 4 halves (f16).
+template <bool F16> struct KvWord { using T = float4; };
+template <> struct KvWord<true> { using T = uint2; };
+__device__ __forceinline__ float4 kv_f32(const float4& w) { return w; }
+__device__ __forceinline__ float4 kv_f32(const uint2& w) {
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&w.x));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&w.y));
+  return make_float4(a.x, a.y, b.x, b.y);
+}
+__device__ __forceinline__ void kv_word(const float4& f, float4& w) { w = f; }
+__device__ __forceinline__ void kv_word(const float4& f, uint2& w) {  // round to nearest, as kv_write
+  __half2 a = __floats2half2_rn(f.x, f.y), b = __floats2half2_rn(f.z, f.w);
+  w.x = *reinterpret_cast<const uint32_t*>(&a);
+  w.y = *reinterpret_cast<const uint32_t*>(&b);
+}
+
+template <bool F16>
+__global__ void __launch_bounds__(kDecThreads) attn_decode_kernel(AttnArgs a) {
+  pdl_trigger();
+  using Word = typename KvWord<F16>::T;
+  const int hd = (int)a.hd, hd4 = hd / 4, hd2 = hd / 2, rep = (int)(a.nq / a.nkv), HQ = (rep + 3) / 4, RP = 4 * HQ;
+  const int S = a.splits, TK = dec_tile_keys(hd), NS = TK / 8, QS4 = hd4 + 1;
+  const int g = blockIdx.x, sp = blockIdx.y, tid = threadIdx.x;
+  const int n_new = *a.n_past, n_keys = n_new + 1;  // this token's key is key n_new
+  const int used = min(S, (n_keys + kDecMinKeys - 1) / kDecMinKeys);
+  if (sp >= used) return;
+  const int chunk = (n_keys + used - 1) / used, k0 = sp * chunk, k1 = min(n_keys, k0 + chunk);
+
+  extern __shared__ float4 sm4[];
+  __shared__ int is_last;
+  float4* qs4 = sm4;                               // [RP][hd + 4] q * hd^-1/2, rows >= rep zero
+  float4* ks4 = qs4 + RP * QS4;                    // [TK][hd + 4]
+  float4* vs4 = ks4 + TK * QS4;                    // [TK][hd]
+  float* ps = reinterpret_cast<float*>(vs4 + TK * hd4);  // [TK][RP] probabilities, column 4*hq + i
+  float* wmax = ps + TK * RP;                      // [NS][RP] per-octet max of the tile
+  float* wsum = wmax + NS * RP;                    // [NS][RP] per-octet sum of the tile
+  float* cw = wsum + NS * RP;                      // [RP][S] combine weights
+  float* cl = cw + RP * S;                         // [RP] combine sums
+  const int64_t kvw4 = a.nkv * hd4, col4 = (int64_t)g * hd4;
+  Word kr[kDecStage], vr[kDecStage];
+  auto load = [&](int kt) {  // tile at key kt -> registers; the new key from k_new / v_new
+    const int nk = min(TK, k1 - kt);
+#pragma unroll
+    for (int u = 0; u < kDecStage; ++u) {
+      const int e = tid + u * kDecThreads, row = e / hd4, c4 = e - row * hd4;
+      if (row < nk) {
+        const int key = kt + row;
+        const int64_t at = key * kvw4 + col4 + c4;
+        if (key == n_new) {
+          kv_word(reinterpret_cast<const float4*>(a.k_new)[col4 + c4], kr[u]);
+          kv_word(reinterpret_cast<const float4*>(a.v_new)[col4 + c4], vr[u]);
+          static_cast<Word*>(a.kc)[at] = kr[u];
+          static_cast<Word*>(a.vc)[at] = vr[u];
+        } else {
+          kr[u] = static_cast<const Word*>(a.kc)[at];
+          vr[u] = static_cast<const Word*>(a.vc)[at];
+        }
+      }
+    }
+  };
+  auto store = [&](int nk) {
+#pragma unroll
+    for (int u = 0; u < kDecStage; ++u) {
+      const int e = tid + u * kDecThreads, row = e / hd4, c4 = e - row * hd4;
+      if (row < nk) {
+        ks4[row * QS4 + c4] = kv_f32(kr[u]);
+        vs4[row * hd4 + c4] = kv_f32(vr[u]);
+      }
+    }
+  };
+
+  // Running max of the heads of each item, kept alike by the QK and the P.V threads (fmaxf of
+  // the same slots: equal values), the P.V threads also the sums and their output columns.
+  float qmax[kDecItems][4], pmax[kDecItems][4], psum[kDecItems][4], acc[kDecItems][4][2], sc[kDecItems][4];
+#pragma unroll
+  for (int r = 0; r < kDecItems; ++r)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      qmax[r][i] = pmax[r][i] = -INFINITY;
+      psum[r][i] = acc[r][i][0] = acc[r][i][1] = 0.0f;
+    }
+
+  if (k0 < k1) load(k0);  // first, so that these loads and q's are in flight together
+  // Thread heads: quad hq holds heads hq + HQ * i (i < 4): the 4 quads of a K load read 4
+  // consecutive q rows (distinct banks); column 4 * hq + i of ps / wmax / wsum.
+  {
+    const float4* q4 = reinterpret_cast<const float4*>(a.q) + (int64_t)g * rep * hd4;
+    const float scale = rsqrtf((float)hd);
+    for (int i = tid; i < RP * hd4; i += kDecThreads) {
+      const int h = i / hd4, c4 = i - h * hd4;
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      if (h < rep) {
+        v = q4[h * hd4 + c4];
+        v.x *= scale;
+        v.y *= scale;
+        v.z *= scale;
+        v.w *= scale;
+      }
+      qs4[h * QS4 + c4] = v;
+    }
+  }
+  for (int kt = k0; kt < k1; kt += TK) {
+    const int nk = min(TK, k1 - kt);
+    store(nk);
+    __syncthreads();
+    if (kt + TK < k1) load(kt + TK);  // in flight during this tile's math
+    // scores of (head quad hq, key j): octet o = i / 8 is (key octet o / HQ, quad o % HQ)
+#pragma unroll
+    for (int r = 0; r < kDecItems; ++r) {
+      const int i = tid + r * kDecThreads;
+      if (i < HQ * TK) {  // warp-uniform (HQ * TK % 32 == 0): the shuffles need whole warps
+        const int o = i >> 3, j = (o / HQ) * 8 + (i & 7), hq = o - (o / HQ) * HQ;
+        float s[4];
+        if (j < nk) {
+          float x[4] = {0.0f, 0.0f, 0.0f, 0.0f}, y[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          const float4* kp = ks4 + j * QS4;
+          const float4* qp = qs4 + hq * QS4;
+#pragma unroll 4
+          for (int d4 = 0; d4 < hd4; ++d4) {
+            const float4 k = kp[d4];
+#pragma unroll
+            for (int h = 0; h < 4; ++h) {
+              const float4 qv = qp[h * HQ * QS4 + d4];
+              x[h] = fmaf(qv.x, k.x, x[h]);
+              y[h] = fmaf(qv.y, k.y, y[h]);
+              x[h] = fmaf(qv.z, k.z, x[h]);
+              y[h] = fmaf(qv.w, k.w, y[h]);
+            }
+          }
+#pragma unroll
+          for (int h = 0; h < 4; ++h) s[h] = x[h] + y[h];
+        } else {
+#pragma unroll
+          for (int h = 0; h < 4; ++h) s[h] = -INFINITY;
+        }
+        float m[4];
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          sc[r][h] = s[h];
+          m[h] = s[h];
+          for (int off = 1; off < 8; off <<= 1) m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffffu, m[h], off));
+        }
+        if ((i & 7) == 0)
+          *reinterpret_cast<float4*>(wmax + (j >> 3) * RP + 4 * hq) = make_float4(m[0], m[1], m[2], m[3]);
+      }
+    }
+    __syncthreads();
+    // probabilities against the new running max; per-octet sums
+#pragma unroll
+    for (int r = 0; r < kDecItems; ++r) {
+      const int i = tid + r * kDecThreads;
+      if (i < HQ * TK) {
+        const int o = i >> 3, j = (o / HQ) * 8 + (i & 7), hq = o - (o / HQ) * HQ;
+        for (int s = 0; s < NS; ++s) {
+          const float4 w = *reinterpret_cast<const float4*>(wmax + s * RP + 4 * hq);
+          qmax[r][0] = fmaxf(qmax[r][0], w.x);
+          qmax[r][1] = fmaxf(qmax[r][1], w.y);
+          qmax[r][2] = fmaxf(qmax[r][2], w.z);
+          qmax[r][3] = fmaxf(qmax[r][3], w.w);
+        }
+        float p[4];
+#pragma unroll
+        for (int h = 0; h < 4; ++h) p[h] = j < nk ? expf(sc[r][h] - qmax[r][h]) : 0.0f;
+        *reinterpret_cast<float4*>(ps + j * RP + 4 * hq) = make_float4(p[0], p[1], p[2], p[3]);
+#pragma unroll
+        for (int h = 0; h < 4; ++h)
+          for (int off = 1; off < 8; off <<= 1) p[h] += __shfl_xor_sync(0xffffffffu, p[h], off);
+        if ((i & 7) == 0)
+          *reinterpret_cast<float4*>(wsum + (j >> 3) * RP + 4 * hq) = make_float4(p[0], p[1], p[2], p[3]);
+      }
+    }
+    __syncthreads();
+    // acc = acc * exp(m_old - m_new) + P . V
+#pragma unroll
+    for (int r = 0; r < kDecItems; ++r) {
+      const int i = tid + r * kDecThreads;
+      if (i < HQ * hd2) {
+        const int hq = i / hd2, dp = i - hq * hd2;
+        float mn[4] = {pmax[r][0], pmax[r][1], pmax[r][2], pmax[r][3]}, sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int s = 0; s < NS; ++s) {
+          const float4 w = *reinterpret_cast<const float4*>(wmax + s * RP + 4 * hq);
+          const float4 l = *reinterpret_cast<const float4*>(wsum + s * RP + 4 * hq);
+          mn[0] = fmaxf(mn[0], w.x);
+          mn[1] = fmaxf(mn[1], w.y);
+          mn[2] = fmaxf(mn[2], w.z);
+          mn[3] = fmaxf(mn[3], w.w);
+          sum[0] += l.x;
+          sum[1] += l.y;
+          sum[2] += l.z;
+          sum[3] += l.w;
+        }
+#pragma unroll
+        for (int h = 0; h < 4; ++h) {
+          const float c = expf(pmax[r][h] - mn[h]);
+          pmax[r][h] = mn[h];
+          psum[r][h] = psum[r][h] * c + sum[h];
+          acc[r][h][0] *= c;
+          acc[r][h][1] *= c;
+        }
+        const float4* pp = reinterpret_cast<const float4*>(ps) + hq;
+        const float2* vp = reinterpret_cast<const float2*>(vs4) + dp;
+#pragma unroll 4
+        for (int j = 0; j < nk; ++j) {
+          const float4 p = pp[j * HQ];
+          const float2 v = vp[j * hd2];
+          acc[r][0][0] = fmaf(p.x, v.x, acc[r][0][0]);
+          acc[r][0][1] = fmaf(p.x, v.y, acc[r][0][1]);
+          acc[r][1][0] = fmaf(p.y, v.x, acc[r][1][0]);
+          acc[r][1][1] = fmaf(p.y, v.y, acc[r][1][1]);
+          acc[r][2][0] = fmaf(p.z, v.x, acc[r][2][0]);
+          acc[r][2][1] = fmaf(p.z, v.y, acc[r][2][1]);
+          acc[r][3][0] = fmaf(p.w, v.x, acc[r][3][0]);
+          acc[r][3][1] = fmaf(p.w, v.y, acc[r][3][1]);
+        }
+      }
+    }
+    __syncthreads();  // before the next tile overwrites ks / vs / ps / wmax / wsum
+  }
+
+  // One split: the output. Several: the partial, then the last block to arrive combines.
+#pragma unroll
+  for (int r = 0; r < kDecItems; ++r) {
+    const int i = tid + r * kDecThreads;
+    if (i < HQ * hd2) {
+      const int hq = i / hd2, dp = i - hq * hd2;
+#pragma unroll
+      for (int h4 = 0; h4 < 4; ++h4) {
+        const int h = hq + HQ * h4;
+        if (h >= rep) continue;
+        const int64_t head = (int64_t)g * rep + h;
+        if (used == 1) {
+          reinterpret_cast<float2*>(a.out + head * hd)[dp] =
+              make_float2(acc[r][h4][0] / psum[r][h4], acc[r][h4][1] / psum[r][h4]);
+        } else {
+          float* pt = a.part + (head * S + sp) * (hd + 2);
+          if (dp == 0) {
+            pt[0] = pmax[r][h4];
+            pt[1] = psum[r][h4];
+          }
+          pt[2 + 2 * dp] = acc[r][h4][0];
+          pt[3 + 2 * dp] = acc[r][h4][1];
+        }
+      }
+    }
+  }
+  if (used == 1) return;
+  __threadfence();  // partials visible device-wide before this block is counted
+  __syncthreads();
+  if (tid == 0) {
+    is_last = atomicAdd(a.count + g, 1) == used - 1;
+    if (is_last) __threadfence();
+  }
+  __syncthreads();
+  if (!is_last) return;
+  // Combine (L2 loads: other blocks wrote the partials): weights exp(m_s - M) per head and split.
+  const int lane = tid & 31;
+  for (int h = tid >> 5; h < rep; h += kDecThreads / 32) {
+    const float* pt = a.part + ((int64_t)g * rep + h) * S * (hd + 2);
+    float M = -INFINITY;
+    for (int s = lane; s < used; s += 32) M = fmaxf(M, __ldcg(pt + s * (hd + 2)));
+    for (int off = 16; off > 0; off >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, off));
+    float L = 0.0f;
+    for (int s = lane; s < used; s += 32) {
+      const float e = expf(__ldcg(pt + s * (hd + 2)) - M);
+      cw[h * S + s] = e;
+      L += __ldcg(pt + s * (hd + 2) + 1) * e;
+    }
+    for (int off = 16; off > 0; off >>= 1) L += __shfl_xor_sync(0xffffffffu, L, off);
+    if (lane == 0) cl[h] = L;
+  }
+  __syncthreads();
+  for (int i = tid; i < rep * hd; i += kDecThreads) {
+    const int h = i / hd, d = i - h * hd;
+    const float* pt = a.part + ((int64_t)g * rep + h) * S * (hd + 2) + 2 + d;
+    float o = 0.0f;
+#pragma unroll 8
+    for (int s = 0; s < used; ++s) o += __ldcg(pt + s * (hd + 2)) * cw[h * S + s];
+    a.out[((int64_t)g * rep + h) * hd + d] = o / cl[h];
+  }
+  if (tid == 0) a.count[g] = 0;  // every split has arrived: ready for the next launch
+}
+
 // ---- MoE -----------------------------------------------------------------------------
 // "a ranks before b": larger score first, lower index on ties (as csrc/model/router.cpp).
 __device__ __forceinline__ bool before(float va, int ia, float vb, int ib) {
   return va > vb || (va == vb && ia < ib);
 }
 
-// One block per token, one thread per expert. The slot of expert e is its rank among the
-// selection scores (larger first, lower index on ties, as csrc/model/router.cpp): the experts of
-// rank < k are the top k in order, each thread counting with E comparisons, all in parallel (a
-// single warp doing k rounds of arg-max was a chain of ~1500 dependent instructions: 8 us).
-__global__ void route_kernel(RouterArgs a) {
-  pdl_trigger();
-  extern __shared__ float rs[];
-  const int E = a.n_expert, e = threadIdx.x;
-  float* s = rs;                                // sigmoid scores [E]
-  float* sel = rs + E;                          // selection scores [E]
-  int* pick = reinterpret_cast<int*>(sel + E);  // expert of each slot [k]
-  const int64_t t = blockIdx.x;
-  if (e < E) {
-    const float sg = 1.0f / (1.0f + expf(-a.logits[t * E + e]));
+// Routing of token t by one block (any blockDim.x; experts strided over the threads). The slot
+// of expert e is its rank among the selection scores (larger first, lower index on ties, as
+// csrc/model/router.cpp): the experts of rank < k are the top k in order, each thread counting
+// with E comparisons, all in parallel (a single warp doing k rounds of arg-max was a chain of
+// ~1500 dependent instructions: 8 us). Shared scratch: s, sel [E] floats, pick [k] ints.
+// The logits are read through L2 (__ldcg): in route_decode_kernel other blocks of the same
+// launch wrote them, and L1 is not coherent.
+__device__ void route_token(const RouterArgs& a, int64_t t, float* s, float* sel, int* pick) {
+  const int E = a.n_expert;
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+    const float sg = 1.0f / (1.0f + expf(-__ldcg(a.logits + t * E + e)));
     float v = sg + (a.bias ? a.bias[e] : 0.0f);
     if (isnan(v)) v = -INFINITY;  // rank broken scores last (router.cpp)
     s[e] = sg;
@@ -407,22 +726,112 @@ __global__ void route_kernel(RouterArgs a) {
         for (int e = g * gs; e < (g + 1) * gs; ++e) sel[e] = -INFINITY;
   }
   __syncthreads();
-  int rank = E;
-  if (e < E) {
+  for (int e = threadIdx.x; e < E; e += blockDim.x) {
     const float v = sel[e];
-    rank = 0;
+    int rank = 0;
     for (int o = 0; o < E; ++o) rank += before(sel[o], o, v, e);
-    if (rank < a.k) pick[rank] = e;
+    if (rank < a.k) pick[rank] = e;  // ranks are a permutation of 0..E-1: every slot < k filled
   }
   __syncthreads();
-  if (rank < a.k) {
+  for (int r = threadIdx.x; r < a.k; r += blockDim.x) {
     float sum = 0.0f;  // in slot order, as the CPU router
-    for (int r = 0; r < a.k; ++r) sum += s[pick[r]];
+    for (int j = 0; j < a.k; ++j) sum += s[pick[j]];
+    const int e = pick[r];
     float w = s[e];
     if (a.norm) w /= (sum + 1e-20f);
-    a.idx[t * a.k + rank] = e;
-    a.wt[t * a.k + rank] = w * a.scale;
+    a.idx[t * a.k + r] = e;
+    a.wt[t * a.k + r] = w * a.scale;
   }
+}
+
+// Prefill: one block per token, one thread per expert.
+__global__ void route_kernel(RouterArgs a) {
+  pdl_trigger();
+  extern __shared__ float rs[];
+  const int E = a.n_expert;
+  route_token(a, blockIdx.x, rs, rs + E, reinterpret_cast<int*>(rs + 2 * E));
+}
+
+// Decode (one token): the router's gate product and the routing in one launch (route_decode in
+// kernels.cuh). Block b owns rows_per_block expert rows of the F32 gate (rows padded to
+// row_bytes), blockDim / rows_per_block threads (whole warps) per row, each thread reading
+// float4 chunks j, j + G, ... of its row. The first kRoutePrefetch chunks of every thread are
+// requested before pdl_wait (weights never depend on earlier kernels); the activations x, the
+// logits and the counter only after. Each block writes its rows' logits to a.logits, fences and
+// counts itself on `counter`; the last block to arrive routes (route_token) and resets the
+// counter to 0 for the next launch (or graph replay). No block waits for another.
+constexpr int kRouteThreads = 256, kRouteWarps = kRouteThreads / 32;
+constexpr int kRoutePrefetch = 8;      // float4 weight chunks per thread in flight before pdl_wait
+constexpr int kRouteMaxExperts = 1024;  // as route(): static shared scratch of the last block
+
+// x[4c .. 4c+3], zero past K (x may hold anything there). vec: x is 16-byte aligned.
+__device__ __forceinline__ float4 route_x4(const float* x, int c, int K, bool vec) {
+  const int e = 4 * c;
+  if (vec && e + 4 <= K) return __ldg(reinterpret_cast<const float4*>(x + e));
+  return make_float4(e < K ? x[e] : 0.0f, e + 1 < K ? x[e + 1] : 0.0f, e + 2 < K ? x[e + 2] : 0.0f,
+                     e + 3 < K ? x[e + 3] : 0.0f);
+}
+
+__device__ __forceinline__ float dot4(const float4 w, const float4 x) {
+  return w.x * x.x + w.y * x.y + w.z * x.z + w.w * x.w;
+}
+
+__global__ void __launch_bounds__(kRouteThreads) route_decode_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
+                                                                     int K, const float* x, float* logits, RouterArgs a,
+                                                                     int rows_per_block, int* counter) {
+  pdl_trigger();
+  __shared__ float s[kRouteMaxExperts], sel[kRouteMaxExperts];
+  __shared__ int pick[kRouteMaxExperts];
+  __shared__ float part[kRouteWarps];
+  __shared__ bool last;
+  const int E = a.n_expert;
+  const int G = blockDim.x / rows_per_block;  // threads per row, a multiple of 32
+  const int j = threadIdx.x % G;
+  const int row = blockIdx.x * rows_per_block + threadIdx.x / G;
+  const bool live = row < E;
+  const float4* wr = reinterpret_cast<const float4*>(w + (int64_t)min(row, E - 1) * row_bytes);
+  const int C = (K + 3) / 4;  // chunks holding elements < K (the padding past them is zero)
+  float4 wv[kRoutePrefetch];
+#pragma unroll
+  for (int i = 0; i < kRoutePrefetch; ++i) {
+    const int c = j + i * G;
+    wv[i] = live && c < C ? __ldg(wr + c) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+  pdl_wait();  // from here on, data of earlier kernels: x, the logits buffer, the counter
+  const bool vec = reinterpret_cast<uintptr_t>(x) % 16 == 0;
+  float acc = 0.0f;
+  if (live) {
+#pragma unroll
+    for (int i = 0; i < kRoutePrefetch; ++i) {
+      const int c = j + i * G;
+      if (c < C) acc += dot4(wv[i], route_x4(x, c, K, vec));
+    }
+    for (int c = j + kRoutePrefetch * G; c < C; c += G) acc += dot4(__ldg(wr + c), route_x4(x, c, K, vec));
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = acc;
+  __syncthreads();
+  if (threadIdx.x < rows_per_block) {
+    const int r = blockIdx.x * rows_per_block + threadIdx.x, wpr = G / 32;
+    if (r < E) {
+      float v = 0.0f;
+      for (int q = 0; q < wpr; ++q) v += part[threadIdx.x * wpr + q];
+      logits[r] = v;
+      __threadfence();  // this logit is visible device-wide before the block is counted
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, 1) == (int)gridDim.x - 1;
+    if (last) {
+      __threadfence();       // acquire side: the other blocks' logits (read below through L2)
+      atomicExch(counter, 0);  // every block has counted: ready for the next launch / replay
+    }
+  }
+  __syncthreads();
+  if (!last) return;
+  route_token(a, 0, s, sel, pick);
 }
 
 __global__ void moe_combine_kernel(const float* ye, const float* shared, const float* wt, const int32_t* row_of,
@@ -492,12 +901,32 @@ void kv_write(const float* k, const float* v, int64_t T, int64_t kvw, const int3
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
 }
 
-size_t attention_part_floats(int64_t T, int64_t nq, int64_t hd, int splits) {
-  return splits > 1 ? (size_t)(T * nq * splits * (hd + 2)) : 0;
+size_t attention_part_floats(int64_t T, int64_t nq, int64_t nkv, int64_t hd, int splits) {
+  return (splits > 1 ? (size_t)(T * nq * splits * (hd + 2)) : 0) + (size_t)(T * nkv);  // + counters
+}
+
+int32_t* attention_counters(float* part, int64_t T, int64_t nq, int64_t hd, int splits) {
+  return reinterpret_cast<int32_t*>(part + (splits > 1 ? T * nq * splits * (hd + 2) : 0));
 }
 
 void attention(const AttnArgs& a, cudaStream_t s) {
   const int64_t rep = a.nq / a.nkv;
+  if (a.k_new) {  // one token: its k/v rows go to the caches here
+    if (attn_dec_fits(a)) {
+      const size_t smem = attn_dec_smem_floats(rep, a.hd, a.splits) * sizeof(float);
+      static size_t raised[2] = {48 * 1024, 48 * 1024};
+      auto kernel = a.f16 ? attn_decode_kernel<true> : attn_decode_kernel<false>;
+      if (smem > raised[a.f16]) {
+        NEMOCPU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        raised[a.f16] = smem;
+      }
+      kernel<<<dim3((unsigned)a.nkv, (unsigned)a.splits), kDecThreads, smem, s>>>(a);
+      NEMOCPU_CUDA_CHECK(cudaGetLastError());
+      return;
+    }
+    // shapes the one-launch kernel does not take (head_dim % 4, > 256, very wide GQA groups)
+    kv_write(a.k_new, a.v_new, a.T, a.nkv * a.hd, a.n_past, a.kc, a.vc, a.f16, s);
+  }
   const size_t smem = attn_smem_floats(rep, a.hd) * sizeof(float);
   static size_t raised[2] = {48 * 1024, 48 * 1024};
   auto kernel = a.f16 ? attn_kernel<true> : attn_kernel<false>;
@@ -518,6 +947,20 @@ void route(const RouterArgs& a, cudaStream_t s) {
     throw std::invalid_argument("CUDA router: at most 1024 experts in at most 64 groups");
   route_kernel<<<(unsigned)a.T, (a.n_expert + 31) / 32 * 32, (2 * a.n_expert + a.k) * sizeof(float), s>>>(a);
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
+}
+
+void route_decode(const GpuWeight& gate, const float* x, const RouterArgs& a, int32_t* counter, cudaStream_t s) {
+  if (a.n_expert > kRouteMaxExperts || a.n_group > 64)
+    throw std::invalid_argument("CUDA router: at most 1024 experts in at most 64 groups");
+  if (gate.type != GGML_F32 || a.T != 1 || gate.rows != a.n_expert || gate.row_bytes % 16 || gate.K > INT32_MAX)
+    throw std::invalid_argument("CUDA route_decode: one token, F32 gate of n_expert rows");
+  // Rows per block: the fewest (1, 2, 4 or 8) that keep the launch within one block per
+  // multiprocessor (128 experts on an H200: 128 blocks of one row each).
+  int rpb = 1;
+  while (rpb < 8 && (a.n_expert + rpb - 1) / rpb > sm_count()) rpb *= 2;
+  const unsigned blocks = (unsigned)((a.n_expert + rpb - 1) / rpb);
+  launch_pdl(route_decode_kernel, dim3(blocks), dim3(kRouteThreads), s, (const uint8_t*)gate.q, gate.row_bytes,
+             (int)gate.K, x, const_cast<float*>(a.logits), a, rpb, (int*)counter);
 }
 
 void moe_combine(const float* ye, const float* shared, const float* wt, const int32_t* row_of, int64_t T, int k,
