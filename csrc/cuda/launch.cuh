@@ -44,7 +44,7 @@ inline int sm_count() {
 }
 
 template <class... KArgs, class... Args>
-void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t s, Args&&... args) {
+void launch_pdl_smem(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
   static const bool pdl = current_device_attr(cudaDevAttrComputeCapabilityMajor) >= 9 &&
                           !(std::getenv("NEMOCPU_CUDA_PDL") && std::string(std::getenv("NEMOCPU_CUDA_PDL")) == "0");
   cudaLaunchAttribute attr[1];
@@ -53,10 +53,16 @@ void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t s,
   cudaLaunchConfig_t cfg{};
   cfg.gridDim = grid;
   cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
   cfg.stream = s;
   cfg.attrs = pdl ? attr : nullptr;
   cfg.numAttrs = pdl ? 1 : 0;
   NEMOCPU_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
+}
+
+template <class... KArgs, class... Args>
+void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t s, Args&&... args) {
+  launch_pdl_smem(kernel, grid, block, 0, s, std::forward<Args>(args)...);
 }
 
 }  // namespace cuda

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <utility>
 #include <stdexcept>
 #include <string>
@@ -339,8 +340,319 @@ void launch_gemv(const VecParams& p, int nt, int64_t max_rows, int64_t groups, c
   }
 }
 
+// ---- FP8 matrix-vector on the tensor cores (Hopper, one token) ---------------------------
+// The gemv above keeps its weights in flight in registers (occupancy-bound, ~2.2 TB/s at best
+// on an H200). Here (sm_90+, one token, FP8 rows of at most 4096 codes) the weights stream
+// into shared memory through the bulk-copy engine and the tensor cores do the products:
+//   * Each block owns a contiguous run of the launch's 16-row groups (balanced by bytes). One
+//     producer lane copies a whole group (16 consecutive rows: one contiguous range) plus its
+//     16 row scales into a ring of stages with cp.async.bulk: ~200 KB in flight per
+//     multiprocessor without registers. It requests the first groups before waiting for the
+//     previous kernel (PDL), except for routed experts, whose ids come from it.
+//   * 8 consumer warps split a group's K in 64-byte steps. Lane (g, t) takes bytes 16t..16t+15
+//     of rows g and g + 8: the A fragments of four m16n8k16 products after the exact e4m3x2 ->
+//     f16x2 conversion (the dot product is indifferent to the order of k, so the bytes of a
+//     lane need no shuffling). B has two live columns, x * 2^sh split into f16 hi + lo, with
+//     max |x| * 2^sh in [2^14, 2^15): every product is exact, the sum fp32 (5-7e-7 relative to
+//     float64 on the model's shapes; the fp32 gemv: 1-2e-7).
+//   * The warps' partial sums meet in shared memory; y = (hi + lo) * 2^-sh * row scale.
+//   * Two blocks per multiprocessor where two stages of 16 rows still fit each (rows up to
+//     ~2.9 KB): a group's consumers wait on one another (barrier, slowest warp), so two groups
+//     in flight per multiprocessor is what closes part of the gap to the copy engine.
+// bench/cuda_gemv_lab.cu (cold L2, graph-replayed PDL launches, H200; us, fp32 gemv -> this ->
+// bulk copy alone): MoE up 18.0 -> 13.6 -> 10.2, in_proj 15.7 -> 10.6 -> 6.4, lm_head 129.5 ->
+// 84.8 -> 78.2; one block per multiprocessor: MoE down 19.0 -> 18.6 -> 10.3, out_proj 8.4 -> 6.4
+// -> 2.7. Measured and not kept (RESULTS.md): no conversion at all (timing only, 2-4% faster: the
+// conversion is not the limit), integer decode for half the rows, four accumulator chains,
+// groups of 8 rows so that large rows fit two blocks, Mamba's gated norm in the x staging.
+namespace tc {
+
+constexpr int kCons = 8;         // consumer warps
+constexpr int kMaxK = 4096;      // codes per row (x split held in registers, then shared memory)
+constexpr int kMaxStages = 8;
+
+__device__ __forceinline__ uint32_t smem_u32(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void mbar_init(uint64_t* b, int n) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(b)), "r"(n));
+}
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* b, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* b) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(b)) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
+  asm volatile(
+      "{\n .reg .pred p;\n TC_WAIT%=:\n mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n @!p bra TC_WAIT%=;\n}" ::"r"(
+          smem_u32(b)),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t bytes, uint64_t* b) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_u32(dst)),
+               "l"(src), "r"(bytes), "r"(smem_u32(b))
+               : "memory");
+}
+__device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kCons * 32) : "memory"); }
+__device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+#endif
+
+// Codes 0 and 1 of a word as the f16x2 register of a fragment (lower k in the low half), exact.
+__device__ __forceinline__ uint32_t e4m3x2_f16x2(uint32_t v) {
+  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(v & 0xffffu), __NV_E4M3);
+  return (uint32_t)h.x | ((uint32_t)h.y << 16);
+}
+
+struct Params {
+  VecJobDev job[kMaxVecJobs];
+  int first[kMaxVecJobs + 1];      // first row group of each job
+  int64_t byte0[kMaxVecJobs + 1];  // first byte of each job in the launch's weight stream
+  int n_jobs, relu2, ns, slot_bytes, kx;
+  int64_t total_bytes;
+};
+
+// The 16 row scales of a group ride along with its rows when they are whole aligned 16-byte
+// pieces (always, for row counts that are multiples of 4); else the consumers read them.
+__device__ __forceinline__ bool scales_copied(const VecJobDev& J, int64_t m, int64_t r0, int n) {
+  return n % 4 == 0 && (m * J.rows + r0) % 4 == 0;
+}
+__device__ __forceinline__ int job_of_group(const Params& p, int g) {
+  int j = 0;
+  while (j + 1 < p.n_jobs && g >= p.first[j + 1]) ++j;
+  return j;
+}
+// The first group starting at or after byte b of the stream.
+__device__ __forceinline__ int group_at_byte(const Params& p, int64_t b) {
+  for (int j = 0; j < p.n_jobs; ++j)
+    if (b < p.byte0[j + 1]) {
+      const int64_t gb = 16 * p.job[j].row_bytes;
+      return p.first[j] + (int)((b - p.byte0[j] + gb - 1) / gb);
+    }
+  return p.first[p.n_jobs];
+}
+
+__global__ void __launch_bounds__((kCons + 1) * 32, 2) fp8_gemv_kernel(const __grid_constant__ Params p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  pdl_trigger();
+  extern __shared__ __align__(128) uint8_t sm[];
+  // [ns stages][slot_bytes] | x split [2][kx] f16 | partial sums [2][kCons][16], maxima [kCons]
+  // (2 kCons floats) | full[ns], empty[ns] barriers | row scales [ns][16]
+  __half* xs = reinterpret_cast<__half*>(sm + (size_t)p.ns * p.slot_bytes);
+  float* red = reinterpret_cast<float*>(xs + 2 * p.kx);
+  float* wmax = red + 2 * kCons * 16;
+  uint64_t* full = reinterpret_cast<uint64_t*>(wmax + kCons * 2);
+  uint64_t* empty = full + p.ns;
+  float* sscale = reinterpret_cast<float*>(empty + p.ns);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g0 = group_at_byte(p, p.total_bytes * blockIdx.x / gridDim.x);
+  const int g1 = group_at_byte(p, p.total_bytes * (blockIdx.x + 1) / gridDim.x);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < p.ns; ++s) {
+      mbar_init(full + s, 1);
+      mbar_init(empty + s, kCons);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+  if (warp == kCons) {  // producer
+    if (lane == 0) {
+      bool waited = false;
+      for (int g = g0; g < g1; ++g) {
+        const int i = g - g0, s = i % p.ns, j = job_of_group(p, g);
+        if (i >= p.ns) mbar_wait(empty + s, ((i / p.ns) & 1) ^ 1);  // the stage's last use is read
+        const VecJobDev& J = p.job[j];
+        if (J.mat_idx && !waited) {  // the expert id comes from the router
+          pdl_wait();
+          waited = true;
+        }
+        const int64_t m = J.mat_idx ? J.mat_idx[J.mat] : J.mat;
+        const int64_t r0 = (int64_t)(g - p.first[j]) * 16;
+        const int n = (int)min((int64_t)16, J.rows - r0);
+        const uint32_t bytes = (uint32_t)(n * J.row_bytes);
+        const uint32_t sbytes = scales_copied(J, m, r0, n) ? 4u * n : 0u;
+        mbar_expect_tx(full + s, bytes + sbytes);
+        bulk_copy(sm + (size_t)s * p.slot_bytes, J.q + (m * J.rows + r0) * J.row_bytes, bytes, full + s);
+        if (sbytes) bulk_copy(sscale + 16 * s, J.s + m * J.rows + r0, sbytes, full + s);
+      }
+    }
+    return;
+  }
+  pdl_wait();  // x (and the outputs) belong to earlier kernels
+  const int tid = threadIdx.x, gi = lane >> 2, t = lane & 3;
+  int cur = -1;
+  int64_t m = 0;
+  float unscale = 1.0f;
+  for (int g = g0; g < g1; ++g) {
+    const int i = g - g0, s = i % p.ns, j = job_of_group(p, g);
+    const VecJobDev& J = p.job[j];
+    if (j != cur) m = J.mat_idx ? J.mat_idx[J.mat] : J.mat;
+    if (j != cur && !(cur >= 0 && p.job[cur].x == J.x && p.job[cur].K == J.K)) {  // a new x: scale, split
+      const int K = (int)J.K;
+      constexpr int kPer = kMaxK / (kCons * 32);
+      float xv[kPer];
+      float mx = 0.0f;
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int k = tid + u * kCons * 32;
+        xv[u] = k < K ? J.x[k] : 0.0f;
+        mx = fmaxf(mx, fabsf(xv[u]));
+      }
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      consumer_sync();  // every warp is done with the previous x
+      if (lane == 0) wmax[warp] = mx;
+      consumer_sync();
+      mx = 0.0f;
+      for (int w = 0; w < kCons; ++w) mx = fmaxf(mx, wmax[w]);
+      // 2^sh * max|x| in [2^14, 2^15): no f16 overflow; inf / nan x keep sh = 0 and propagate
+      const int sh = mx > 0.0f && mx <= 3.0e38f ? max(-100, min(100, 14 - ilogbf(mx))) : 0;
+      const float sc = __int_as_float((127 + sh) << 23);
+      unscale = __int_as_float((127 - sh) << 23);
+#pragma unroll
+      for (int u = 0; u < kPer; ++u) {
+        const int k = tid + u * kCons * 32;
+        if (k < p.kx) {
+          const float v = xv[u] * sc;
+          const __half h = __float2half_rn(v);
+          xs[k] = h;
+          xs[p.kx + k] = __float2half_rn(v - __half2float(h));
+        }
+      }
+      consumer_sync();
+    }
+    cur = j;
+    const int64_t r0 = (int64_t)(g - p.first[j]) * 16;
+    const int n_rows = (int)min((int64_t)16, J.rows - r0);
+    mbar_wait(full + s, (i / p.ns) & 1);
+    float srow = 0.0f;  // read before the stage is released
+    if (tid < n_rows) srow = scales_copied(J, m, r0, n_rows) ? sscale[16 * s + tid] : J.s[m * J.rows + r0 + tid];
+    const uint8_t* base = sm + (size_t)s * p.slot_bytes;
+    const int rb = (int)J.row_bytes, nks = (rb + 63) / 64;
+    float c[4] = {0.f, 0.f, 0.f, 0.f};
+    const __half* xcol = xs + (gi == 0 ? 0 : p.kx);
+    for (int ks = warp; ks < nks; ks += kCons) {
+      const int off = ks * 64 + 16 * t;
+      const bool in = off + 16 <= rb;  // rows of 32-byte multiples: the last step may be half
+      // rows >= n_rows of the stage hold stale bytes: their sums are never written
+      const uint4 ra = in ? *reinterpret_cast<const uint4*>(base + gi * rb + off) : make_uint4(0, 0, 0, 0);
+      const uint4 rc = in ? *reinterpret_cast<const uint4*>(base + (gi + 8) * rb + off) : make_uint4(0, 0, 0, 0);
+      uint4 bx = make_uint4(0, 0, 0, 0), by = make_uint4(0, 0, 0, 0);
+      if (gi < 2) {  // B columns 0 (hi) and 1 (lo); the other six are zero
+        bx = *reinterpret_cast<const uint4*>(xcol + off);
+        by = *reinterpret_cast<const uint4*>(xcol + off + 8);
+      }
+      const uint32_t wa[4] = {ra.x, ra.y, ra.z, ra.w}, wc[4] = {rc.x, rc.y, rc.z, rc.w};
+      const uint32_t xb[8] = {bx.x, bx.y, bx.z, bx.w, by.x, by.y, by.z, by.w};
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        mma16816(c, e4m3x2_f16x2(wa[q]), e4m3x2_f16x2(wc[q]), e4m3x2_f16x2(wa[q] >> 16), e4m3x2_f16x2(wc[q] >> 16),
+                 xb[2 * q], xb[2 * q + 1]);
+    }
+    __syncwarp();
+    if (lane == 0) mbar_arrive(empty + s);  // the stage may be refilled
+    float* rd = red + (i & 1) * kCons * 16;  // two buffers: no barrier after the sums are read
+    if (t == 0) {
+      rd[warp * 16 + gi] = c[0] + c[1];
+      rd[warp * 16 + gi + 8] = c[2] + c[3];
+    }
+    consumer_sync();
+    if (tid < n_rows) {
+      float v = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kCons; ++w) v += rd[w * 16 + tid];
+      v = v * unscale * srow;
+      if (p.relu2) v = v > 0.0f ? v * v : 0.0f;
+      J.y[r0 + tid] = v;
+    }
+  }
+#else
+  __trap();  // launched only on sm_90+ (usable())
+#endif
+}
+
+size_t fixed_smem(int kx) {
+  return 2 * (size_t)kx * 2 + (2 * kCons * 16 + 2 * kCons) * 4 + 2 * kMaxStages * 8 + kMaxStages * 16 * 4;
+}
+
+bool enabled() {
+  static const bool on = current_device_attr(cudaDevAttrComputeCapabilityMajor) >= 9 &&
+                         !(std::getenv("NEMOCPU_CUDA_FP8_TC") && std::string(std::getenv("NEMOCPU_CUDA_FP8_TC")) == "0");
+  return on;
+}
+
+// One token of FP8 products whose rows hold at most kMaxK codes.
+bool usable(const VecJob* jobs, int n, int64_t T) {
+  if (T != 1 || !enabled()) return false;
+  for (int j = 0; j < n; ++j)
+    if (jobs[j].w->type != GGML_I8 || jobs[j].w->Kp > kMaxK || jobs[j].w->rows <= 0) return false;
+  return true;
+}
+
+// blocks_per_sm: 1 or 2 (0: NEMOCPU_CUDA_FP8_TC_BLOCKS, default 2), where shared memory allows.
+void launch(const VecJob* jobs, int n, bool relu2, cudaStream_t s, int blocks_per_sm = 0) {
+  static const int cap = current_device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  static const int per_sm = current_device_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor);
+  static bool raised = false;
+  if (!raised) {
+    NEMOCPU_CUDA_CHECK(cudaFuncSetAttribute(fp8_gemv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, cap));
+    raised = true;
+  }
+  if (blocks_per_sm <= 0) {
+    static const char* env = std::getenv("NEMOCPU_CUDA_FP8_TC_BLOCKS");
+    blocks_per_sm = env ? std::atoi(env) : 2;
+  }
+  int64_t max_rb = 0, max_kp = 0;
+  for (int j = 0; j < n; ++j) {
+    max_rb = std::max(max_rb, jobs[j].w->row_bytes);
+    max_kp = std::max(max_kp, jobs[j].w->Kp);
+  }
+  const int kx = (int)((max_kp + 63) / 64 * 64);
+  // Two blocks per multiprocessor (two groups consumed at once) where each still gets two
+  // stages: rows up to ~2.9 KB (in_proj, MoE up, lm_head: 1.1-1.4x faster than one block,
+  // bench/RESULTS.md); larger rows keep one block (groups of 8 rows, to fit two, were slower).
+  const int64_t half = per_sm / 2 - 1024;  // the runtime reserves 1 KB per block
+  const auto stages = [&](int64_t budget) { return (budget - (int64_t)fixed_smem(kx)) / (16 * max_rb); };
+  blocks_per_sm = blocks_per_sm >= 2 && stages(half) >= 2 ? 2 : 1;
+  Params p{};
+  p.n_jobs = n;
+  p.relu2 = relu2;
+  p.kx = kx;
+  p.slot_bytes = (int)(16 * max_rb);
+  p.ns = (int)std::min<int64_t>(kMaxStages, stages(blocks_per_sm == 2 ? half : cap));
+  if (p.ns < 2) throw std::runtime_error("CUDA FP8 gemv: not enough shared memory for two stages");
+  int groups = 0;
+  int64_t bytes = 0;
+  for (int j = 0; j < n; ++j) {
+    const GpuWeight& w = *jobs[j].w;
+    p.job[j] = VecJobDev{w.q, w.d, w.s, w.K, w.Kp, w.rows, w.row_bytes, jobs[j].mat_idx, jobs[j].mat,
+                         jobs[j].x, jobs[j].ldx, jobs[j].y, jobs[j].ldy};
+    p.first[j] = groups;
+    p.byte0[j] = bytes;
+    groups += (int)((w.rows + 15) / 16);
+    bytes += w.rows * w.row_bytes;
+  }
+  p.first[n] = groups;
+  p.byte0[n] = bytes;
+  p.total_bytes = bytes;
+  const size_t smem = (size_t)p.ns * p.slot_bytes + fixed_smem(p.kx);
+  const int grid = std::min(groups, sm_count() * blocks_per_sm);
+  launch_pdl_smem(fp8_gemv_kernel, dim3((unsigned)grid), dim3((kCons + 1) * 32), smem, s, p);
+}
+
+}  // namespace tc
+
 // T tokens of up to kMaxVecJobs products of one type, in launches of 8, 4, 2 and 1 tokens.
 void gemv(const VecJob* jobs, int n, bool relu2, int64_t T, cudaStream_t s) {
+  if (tc::usable(jobs, n, T)) return tc::launch(jobs, n, relu2, s);
   const int type = jobs[0].w->type;
   VecParams p{};
   p.n_jobs = n;
