@@ -246,12 +246,14 @@ int main(int argc, char** argv) {
     NEMOCPU_CUDA_CHECK(cudaMemcpy(idx, h.data(), h.size() * 4, cudaMemcpyHostToDevice));
   }
   struct Shape { const char* name; std::vector<Launch> ls; };
-  std::vector<Shape> shapes(5);
+  std::vector<Shape> shapes(7);
   shapes[0].name = "moe_up   (shared 3712 + 6 x 1856 rows, K 2688)";
   shapes[1].name = "moe_down (shared 2688x3712 + 6 x 2688x1856)";
   shapes[2].name = "in_proj  (10304 x 2688)";
   shapes[3].name = "out_proj (2688 x 4096)";
   shapes[4].name = "lm_head  (131072 x 2688)";
+  shapes[5].name = "moe_down, routed only (6 x 2688x1856)";
+  shapes[6].name = "moe_down, shared only (2688x3712)";
   GpuWeight lm = make_fp8(131072, E, 1, 50);
   float* ylm;
   NEMOCPU_CUDA_CHECK(cudaMalloc(&ylm, 131072 * sizeof(float)));
@@ -272,6 +274,8 @@ int main(int argc, char** argv) {
     shapes[1].ls.push_back(d);
     shapes[2].ls.push_back(ip);
     shapes[3].ls.push_back(op);
+    shapes[5].ls.push_back(Launch{std::vector<VecJob>(d.jobs.begin() + 1, d.jobs.end()), false, 6.0 * E * F});
+    shapes[6].ls.push_back(Launch{std::vector<VecJob>(d.jobs.begin(), d.jobs.begin() + 1), false, (double)E * Fsh});
     if (l < 8) shapes[4].ls.push_back(Launch{{VecJob{&lm, nullptr, 0, x, E, ylm, 131072}}, false, 131072.0 * E});
   }
   struct Variant { const char* name; Runner run; bool checked; };
