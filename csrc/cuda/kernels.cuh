@@ -100,9 +100,9 @@ struct AttnArgs {
   bool f16;
   const int32_t* n_past;             // device: position of token 0 (keys 0..n_past+t visible)
   float* out;                        // [T, nq*hd]
-  float* part;                       // split-K scratch (splits > 1)
+  float* part;                       // T == 1: split-K scratch (splits > 1)
   int64_t T, nq, nkv, hd;
-  int splits;                        // >1: split the keys of each query over up to this many blocks
+  int splits;                        // T == 1: split the keys over up to this many blocks per KV head
   // Single token (T == 1): its k and v rows [nkv*hd]; attention() writes them to the caches
   // itself (no kv_write before it). Null: the caches already hold them (prefill).
   const float* k_new = nullptr; const float* v_new = nullptr;

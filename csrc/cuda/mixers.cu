@@ -250,10 +250,9 @@ size_t attn_smem_floats(int64_t rep, int64_t hd) {
   return rep * hd * 2 + kKeyTile * (hd + 1) + kKeyTile * hd + rep * kKeyTile + 3 * rep;
 }
 
-// Prefill (and decode shapes attn_decode_kernel does not take, after kv_write).
-// Block (token t, kv head g, split sp): the rep query heads of group g against keys
-// [k0, k1) of the causal range, online softmax in fp32. splits == 1 writes the output;
-// otherwise (max, sum, unnormalized acc) per head go to `part` for attn_combine_kernel.
+// Prefill (and decode shapes attn_decode_kernel does not take, after kv_write): block (token t,
+// kv head g), the rep query heads of group g against the causal keys, online softmax in fp32.
+// (Split-K for long contexts is attn_decode_kernel's.)
 template <bool F16>
 __global__ void attn_kernel(AttnArgs a) {
   pdl_trigger();
@@ -267,10 +266,8 @@ __global__ void attn_kernel(AttnArgs a) {
   float* mrow = ps + rep * kKeyTile;           // [rep]
   float* lrow = mrow + rep;
   float* corr = lrow + rep;
-  const int64_t t = blockIdx.x, g = blockIdx.y, sp = blockIdx.z;
+  const int64_t t = blockIdx.x, g = blockIdx.y;
   const int64_t n_keys = (int64_t)*a.n_past + t + 1;
-  const int64_t chunk = (n_keys + a.splits - 1) / a.splits;
-  const int64_t k0 = sp * chunk, k1 = min(n_keys, k0 + chunk);
   const float scale = rsqrtf((float)hd);
   for (int64_t i = threadIdx.x; i < rep * hd; i += blockDim.x) {
     qs[i] = a.q[t * a.nq * hd + g * rep * hd + i] * scale;
@@ -281,8 +278,8 @@ __global__ void attn_kernel(AttnArgs a) {
     lrow[h] = 0.0f;
   }
   __syncthreads();
-  for (int64_t kt = k0; kt < k1; kt += kKeyTile) {
-    const int64_t nk = min((int64_t)kKeyTile, k1 - kt);
+  for (int64_t kt = 0; kt < n_keys; kt += kKeyTile) {
+    const int64_t nk = min((int64_t)kKeyTile, n_keys - kt);
     for (int64_t i = threadIdx.x; i < nk * hd; i += blockDim.x) {
       const int64_t j = i / hd, d = i % hd, at = (kt + j) * kvw + g * hd + d;
       if (F16) {
@@ -328,32 +325,8 @@ __global__ void attn_kernel(AttnArgs a) {
     __syncthreads();
   }
   for (int64_t i = threadIdx.x; i < rep * hd; i += blockDim.x) {
-    const int64_t h = i / hd, d = i % hd, head = g * rep + h;
-    if (a.splits == 1) {
-      a.out[t * a.nq * hd + head * hd + d] = acc[i] / lrow[h];
-    } else {
-      float* part = a.part + ((t * a.nq + head) * a.splits + sp) * (hd + 2);
-      if (d == 0) {
-        part[0] = mrow[h];
-        part[1] = lrow[h];
-      }
-      part[2 + d] = acc[i];
-    }
-  }
-}
-
-__global__ void attn_combine_kernel(AttnArgs a) {
-  pdl_trigger();
-  const int64_t t = blockIdx.x, head = blockIdx.y, hd = a.hd;
-  const float* part = a.part + (t * a.nq + head) * a.splits * (hd + 2);
-  float M = -INFINITY;
-  for (int s = 0; s < a.splits; ++s) M = fmaxf(M, part[s * (hd + 2)]);
-  float L = 0.0f;
-  for (int s = 0; s < a.splits; ++s) L += part[s * (hd + 2) + 1] * expf(part[s * (hd + 2)] - M);
-  for (int64_t d = threadIdx.x; d < hd; d += blockDim.x) {
-    float o = 0.0f;
-    for (int s = 0; s < a.splits; ++s) o += part[s * (hd + 2) + 2 + d] * expf(part[s * (hd + 2)] - M);
-    a.out[t * a.nq * hd + head * hd + d] = o / L;
+    const int64_t h = i / hd, d = i % hd;
+    a.out[t * a.nq * hd + (g * rep + h) * hd + d] = acc[i] / lrow[h];
   }
 }
 
@@ -924,7 +897,8 @@ void attention(const AttnArgs& a, cudaStream_t s) {
       NEMOCPU_CUDA_CHECK(cudaGetLastError());
       return;
     }
-    // shapes the one-launch kernel does not take (head_dim % 4, > 256, very wide GQA groups)
+    // shapes the one-launch kernel does not take (head_dim % 4, > 256, very wide GQA groups):
+    // the prefill kernel, one block per KV head (no split-K)
     kv_write(a.k_new, a.v_new, a.T, a.nkv * a.hd, a.n_past, a.kc, a.vc, a.f16, s);
   }
   const size_t smem = attn_smem_floats(rep, a.hd) * sizeof(float);
@@ -934,12 +908,8 @@ void attention(const AttnArgs& a, cudaStream_t s) {
     NEMOCPU_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     raised[a.f16] = smem;
   }
-  kernel<<<dim3((unsigned)a.T, (unsigned)a.nkv, (unsigned)a.splits), 128, smem, s>>>(a);
+  kernel<<<dim3((unsigned)a.T, (unsigned)a.nkv), 128, smem, s>>>(a);
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
-  if (a.splits > 1) {
-    attn_combine_kernel<<<dim3((unsigned)a.T, (unsigned)a.nq), 128, 0, s>>>(a);
-    NEMOCPU_CUDA_CHECK(cudaGetLastError());
-  }
 }
 
 void route(const RouterArgs& a, cudaStream_t s) {
