@@ -248,9 +248,6 @@ void CudaEngine::alloc_scratch(Scratch& sc, int64_t cap, int64_t logit_rows) {
   sc.part = dev_alloc<float>(o, part);
   NEMOCPU_CUDA_CHECK(cudaMemsetAsync(sc.part, 0, part * sizeof(float), stream_));
   sc.glog = dev_alloc<float>(o, T * hp_.n_expert);
-  sc.route_count = dev_alloc<int32_t>(o, 1);
-  // on the engine's stream: the kernels that use it follow there (the legacy stream's memset would not order)
-  NEMOCPU_CUDA_CHECK(cudaMemsetAsync(sc.route_count, 0, sizeof(int32_t), stream_));
   sc.idx = dev_alloc<int32_t>(o, T * k);
   sc.wt = dev_alloc<float>(o, T * k);
   sc.row_of = dev_alloc<int32_t>(o, T * k);
@@ -370,6 +367,7 @@ void CudaEngine::attention(const DevLayer& L, int ai, CudaState& st, Scratch& sc
 void CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
   const int64_t E = hp_.n_embd, ne = hp_.n_expert, F = hp_.n_ff_exp, Fsh = L.has_shexp ? L.up_shexp.rows : 0;
   const int k = (int)hp_.n_expert_used;
+  lin(L.gate, sc.h, E, T, sc.glog, ne);
   RouterArgs r;
   r.logits = sc.glog;
   r.bias = L.exp_probs_b;
@@ -382,12 +380,7 @@ void CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
   r.n_group_used = (int)hp_.expert_group_used_count;
   r.norm = hp_.expert_weights_norm;
   r.scale = (float)hp_.expert_weights_scale;
-  if (T == 1 && L.gate.type == GGML_F32) {
-    route_decode(L.gate, sc.h, r, sc.route_count, stream_);  // gate product + routing: one launch
-  } else {
-    lin(L.gate, sc.h, E, T, sc.glog, ne);
-    route(r, stream_);
-  }
+  route(r, stream_);
   float* act_sh = sc.act + T * k * F;
   float* ye_sh = sc.ye + T * k * E;
   if (T == 1) {

@@ -87,7 +87,6 @@ class CudaEngine {
           *q = nullptr, *k = nullptr, *kv_v = nullptr, *o = nullptr, *part = nullptr, *glog = nullptr,
           *wt = nullptr, *xe = nullptr, *act = nullptr, *ye = nullptr, *logits = nullptr;
     int32_t *idx = nullptr, *row_of = nullptr, *src_row = nullptr, *grp = nullptr;
-    int32_t* route_count = nullptr;  // route_decode's block counter (zero between launches)
     std::vector<void*> owned;
   };
 

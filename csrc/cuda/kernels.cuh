@@ -123,11 +123,6 @@ struct RouterArgs {
   bool norm; float scale;
 };
 void route(const RouterArgs& a, cudaStream_t s);
-// Decode (a.T == 1, F32 gate): the gate product x . gate -> a.logits (written: scratch) and
-// route() in one programmatic-dependent launch instead of two dependent ones (linear + route).
-// The last block to finish its logits routes; `counter` (device int, zero before the first
-// launch, left at zero after each) counts the blocks. The routing rule is route()'s own code.
-void route_decode(const GpuWeight& gate, const float* x, const RouterArgs& a, int32_t* counter, cudaStream_t s);
 // out[t] = shared[t] (or 0) + sum_j wt[t,j] * ye[row(t,j)]; row_of null = t*k + j
 void moe_combine(const float* ye, const float* shared, const float* wt, const int32_t* row_of, int64_t T,
                  int k, int64_t E, float* out, cudaStream_t s);

@@ -657,17 +657,20 @@ __device__ __forceinline__ bool before(float va, int ia, float vb, int ib) {
   return va > vb || (va == vb && ia < ib);
 }
 
-// Routing of token t by one block (any blockDim.x; experts strided over the threads). The slot
-// of expert e is its rank among the selection scores (larger first, lower index on ties, as
-// csrc/model/router.cpp): the experts of rank < k are the top k in order, each thread counting
-// with E comparisons, all in parallel (a single warp doing k rounds of arg-max was a chain of
-// ~1500 dependent instructions: 8 us). Shared scratch: s, sel [E] floats, pick [k] ints.
-// The logits are read through L2 (__ldcg): in route_decode_kernel other blocks of the same
-// launch wrote them, and L1 is not coherent.
-__device__ void route_token(const RouterArgs& a, int64_t t, float* s, float* sel, int* pick) {
-  const int E = a.n_expert;
-  for (int e = threadIdx.x; e < E; e += blockDim.x) {
-    const float sg = 1.0f / (1.0f + expf(-__ldcg(a.logits + t * E + e)));
+// One block per token, one thread per expert. The slot of expert e is its rank among the
+// selection scores (larger first, lower index on ties, as csrc/model/router.cpp): the experts of
+// rank < k are the top k in order, each thread counting with E comparisons, all in parallel (a
+// single warp doing k rounds of arg-max was a chain of ~1500 dependent instructions: 8 us).
+__global__ void route_kernel(RouterArgs a) {
+  pdl_trigger();
+  extern __shared__ float rs[];
+  const int E = a.n_expert, e = threadIdx.x;
+  float* s = rs;                                // sigmoid scores [E]
+  float* sel = rs + E;                          // selection scores [E]
+  int* pick = reinterpret_cast<int*>(sel + E);  // expert of each slot [k]
+  const int64_t t = blockIdx.x;
+  if (e < E) {
+    const float sg = 1.0f / (1.0f + expf(-a.logits[t * E + e]));
     float v = sg + (a.bias ? a.bias[e] : 0.0f);
     if (isnan(v)) v = -INFINITY;  // rank broken scores last (router.cpp)
     s[e] = sg;
@@ -699,112 +702,22 @@ __device__ void route_token(const RouterArgs& a, int64_t t, float* s, float* sel
         for (int e = g * gs; e < (g + 1) * gs; ++e) sel[e] = -INFINITY;
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < E; e += blockDim.x) {
+  int rank = E;
+  if (e < E) {
     const float v = sel[e];
-    int rank = 0;
+    rank = 0;
     for (int o = 0; o < E; ++o) rank += before(sel[o], o, v, e);
-    if (rank < a.k) pick[rank] = e;  // ranks are a permutation of 0..E-1: every slot < k filled
+    if (rank < a.k) pick[rank] = e;
   }
   __syncthreads();
-  for (int r = threadIdx.x; r < a.k; r += blockDim.x) {
+  if (rank < a.k) {
     float sum = 0.0f;  // in slot order, as the CPU router
-    for (int j = 0; j < a.k; ++j) sum += s[pick[j]];
-    const int e = pick[r];
+    for (int r = 0; r < a.k; ++r) sum += s[pick[r]];
     float w = s[e];
     if (a.norm) w /= (sum + 1e-20f);
-    a.idx[t * a.k + r] = e;
-    a.wt[t * a.k + r] = w * a.scale;
+    a.idx[t * a.k + rank] = e;
+    a.wt[t * a.k + rank] = w * a.scale;
   }
-}
-
-// Prefill: one block per token, one thread per expert.
-__global__ void route_kernel(RouterArgs a) {
-  pdl_trigger();
-  extern __shared__ float rs[];
-  const int E = a.n_expert;
-  route_token(a, blockIdx.x, rs, rs + E, reinterpret_cast<int*>(rs + 2 * E));
-}
-
-// Decode (one token): the router's gate product and the routing in one launch (route_decode in
-// kernels.cuh). Block b owns rows_per_block expert rows of the F32 gate (rows padded to
-// row_bytes), blockDim / rows_per_block threads (whole warps) per row, each thread reading
-// float4 chunks j, j + G, ... of its row. The first kRoutePrefetch chunks of every thread are
-// requested before pdl_wait (weights never depend on earlier kernels); the activations x, the
-// logits and the counter only after. Each block writes its rows' logits to a.logits, fences and
-// counts itself on `counter`; the last block to arrive routes (route_token) and resets the
-// counter to 0 for the next launch (or graph replay). No block waits for another.
-constexpr int kRouteThreads = 256, kRouteWarps = kRouteThreads / 32;
-constexpr int kRoutePrefetch = 8;      // float4 weight chunks per thread in flight before pdl_wait
-constexpr int kRouteMaxExperts = 1024;  // as route(): static shared scratch of the last block
-
-// x[4c .. 4c+3], zero past K (x may hold anything there). vec: x is 16-byte aligned.
-__device__ __forceinline__ float4 route_x4(const float* x, int c, int K, bool vec) {
-  const int e = 4 * c;
-  if (vec && e + 4 <= K) return __ldg(reinterpret_cast<const float4*>(x + e));
-  return make_float4(e < K ? x[e] : 0.0f, e + 1 < K ? x[e + 1] : 0.0f, e + 2 < K ? x[e + 2] : 0.0f,
-                     e + 3 < K ? x[e + 3] : 0.0f);
-}
-
-__device__ __forceinline__ float dot4(const float4 w, const float4 x) {
-  return w.x * x.x + w.y * x.y + w.z * x.z + w.w * x.w;
-}
-
-__global__ void __launch_bounds__(kRouteThreads) route_decode_kernel(const uint8_t* __restrict__ w, int64_t row_bytes,
-                                                                     int K, const float* x, float* logits, RouterArgs a,
-                                                                     int rows_per_block, int* counter) {
-  pdl_trigger();
-  __shared__ float s[kRouteMaxExperts], sel[kRouteMaxExperts];
-  __shared__ int pick[kRouteMaxExperts];
-  __shared__ float part[kRouteWarps];
-  __shared__ bool last;
-  const int E = a.n_expert;
-  const int G = blockDim.x / rows_per_block;  // threads per row, a multiple of 32
-  const int j = threadIdx.x % G;
-  const int row = blockIdx.x * rows_per_block + threadIdx.x / G;
-  const bool live = row < E;
-  const float4* wr = reinterpret_cast<const float4*>(w + (int64_t)min(row, E - 1) * row_bytes);
-  const int C = (K + 3) / 4;  // chunks holding elements < K (the padding past them is zero)
-  float4 wv[kRoutePrefetch];
-#pragma unroll
-  for (int i = 0; i < kRoutePrefetch; ++i) {
-    const int c = j + i * G;
-    wv[i] = live && c < C ? __ldg(wr + c) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  }
-  pdl_wait();  // from here on, data of earlier kernels: x, the logits buffer, the counter
-  const bool vec = reinterpret_cast<uintptr_t>(x) % 16 == 0;
-  float acc = 0.0f;
-  if (live) {
-#pragma unroll
-    for (int i = 0; i < kRoutePrefetch; ++i) {
-      const int c = j + i * G;
-      if (c < C) acc += dot4(wv[i], route_x4(x, c, K, vec));
-    }
-    for (int c = j + kRoutePrefetch * G; c < C; c += G) acc += dot4(__ldg(wr + c), route_x4(x, c, K, vec));
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
-  if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = acc;
-  __syncthreads();
-  if (threadIdx.x < rows_per_block) {
-    const int r = blockIdx.x * rows_per_block + threadIdx.x, wpr = G / 32;
-    if (r < E) {
-      float v = 0.0f;
-      for (int q = 0; q < wpr; ++q) v += part[threadIdx.x * wpr + q];
-      logits[r] = v;
-      __threadfence();  // this logit is visible device-wide before the block is counted
-    }
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    last = atomicAdd(counter, 1) == (int)gridDim.x - 1;
-    if (last) {
-      __threadfence();       // acquire side: the other blocks' logits (read below through L2)
-      atomicExch(counter, 0);  // every block has counted: ready for the next launch / replay
-    }
-  }
-  __syncthreads();
-  if (!last) return;
-  route_token(a, 0, s, sel, pick);
 }
 
 __global__ void moe_combine_kernel(const float* ye, const float* shared, const float* wt, const int32_t* row_of,
@@ -917,20 +830,6 @@ void route(const RouterArgs& a, cudaStream_t s) {
     throw std::invalid_argument("CUDA router: at most 1024 experts in at most 64 groups");
   route_kernel<<<(unsigned)a.T, (a.n_expert + 31) / 32 * 32, (2 * a.n_expert + a.k) * sizeof(float), s>>>(a);
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
-}
-
-void route_decode(const GpuWeight& gate, const float* x, const RouterArgs& a, int32_t* counter, cudaStream_t s) {
-  if (a.n_expert > kRouteMaxExperts || a.n_group > 64)
-    throw std::invalid_argument("CUDA router: at most 1024 experts in at most 64 groups");
-  if (gate.type != GGML_F32 || a.T != 1 || gate.rows != a.n_expert || gate.row_bytes % 16 || gate.K > INT32_MAX)
-    throw std::invalid_argument("CUDA route_decode: one token, F32 gate of n_expert rows");
-  // Rows per block: the fewest (1, 2, 4 or 8) that keep the launch within one block per
-  // multiprocessor (128 experts on an H200: 128 blocks of one row each).
-  int rpb = 1;
-  while (rpb < 8 && (a.n_expert + rpb - 1) / rpb > sm_count()) rpb *= 2;
-  const unsigned blocks = (unsigned)((a.n_expert + rpb - 1) / rpb);
-  launch_pdl(route_decode_kernel, dim3(blocks), dim3(kRouteThreads), s, (const uint8_t*)gate.q, gate.row_bytes,
-             (int)gate.K, x, const_cast<float*>(a.logits), a, rpb, (int*)counter);
 }
 
 void moe_combine(const float* ye, const float* shared, const float* wt, const int32_t* row_of, int64_t T, int k,
