@@ -279,19 +279,7 @@ int main(int argc, char** argv) {
     if (l < 8) shapes[4].ls.push_back(Launch{{VecJob{&lm, nullptr, 0, x, E, ylm, 131072}}, false, 131072.0 * E});
   }
   struct Variant { const char* name; Runner run; bool checked; };
-  auto fp32_gemv = [](const Launch& l, cudaStream_t st) {  // gemv()'s path for every other type
-    VecParams p{};
-    p.n_jobs = (int)l.jobs.size();
-    p.relu2 = l.relu2;
-    int64_t max_rows = 0;
-    for (int j = 0; j < p.n_jobs; ++j) {
-      const VecJob& v = l.jobs[j];
-      const GpuWeight& w = *v.w;
-      p.job[j] = VecJobDev{w.q, w.d, w.s, w.K, w.Kp, w.rows, w.row_bytes, v.mat_idx, v.mat, v.x, v.ldx, v.y, v.ldy};
-      max_rows = std::max(max_rows, w.rows);
-    }
-    launch_gemv<nemocpu::GGML_I8>(p, 1, max_rows, 1, st);
-  };
+  auto fp32_gemv = [](const Launch& l, cudaStream_t st) { gemv_fp32(l.jobs.data(), (int)l.jobs.size(), l.relu2, 1, st); };
   std::vector<Variant> vs = {
       {"gemv_kernel (fp32 decode)", fp32_gemv, true},
       {"tc::fp8_gemv_kernel, 1 block/SM", [](const Launch& l, cudaStream_t st) { tc::launch(l.jobs.data(), (int)l.jobs.size(), l.relu2, st, 1); }, true},

@@ -115,6 +115,10 @@ struct VecJobDev {
   const float* x; int64_t ldx;
   float* y; int64_t ldy;
 };
+VecJobDev dev_job(const VecJob& v) {
+  const GpuWeight& w = *v.w;
+  return VecJobDev{w.q, w.d, w.s, w.K, w.Kp, w.rows, w.row_bytes, v.mat_idx, v.mat, v.x, v.ldx, v.y, v.ldy};
+}
 struct VecParams {
   VecJobDev job[kMaxVecJobs];
   int n_jobs, relu2;
@@ -633,8 +637,7 @@ void launch(const VecJob* jobs, int n, bool relu2, cudaStream_t s, int blocks_pe
   int64_t bytes = 0;
   for (int j = 0; j < n; ++j) {
     const GpuWeight& w = *jobs[j].w;
-    p.job[j] = VecJobDev{w.q, w.d, w.s, w.K, w.Kp, w.rows, w.row_bytes, jobs[j].mat_idx, jobs[j].mat,
-                         jobs[j].x, jobs[j].ldx, jobs[j].y, jobs[j].ldy};
+    p.job[j] = dev_job(jobs[j]);
     p.first[j] = groups;
     p.byte0[j] = bytes;
     groups += (int)((w.rows + 15) / 16);
@@ -651,18 +654,16 @@ void launch(const VecJob* jobs, int n, bool relu2, cudaStream_t s, int blocks_pe
 }  // namespace tc
 
 // T tokens of up to kMaxVecJobs products of one type, in launches of 8, 4, 2 and 1 tokens.
-void gemv(const VecJob* jobs, int n, bool relu2, int64_t T, cudaStream_t s) {
-  if (tc::usable(jobs, n, T)) return tc::launch(jobs, n, relu2, s);
+// The fp32 kernel (gemv_kernel) for every type and token count.
+void gemv_fp32(const VecJob* jobs, int n, bool relu2, int64_t T, cudaStream_t s) {
   const int type = jobs[0].w->type;
   VecParams p{};
   p.n_jobs = n;
   p.relu2 = relu2;
   int64_t max_rows = 0;
   for (int j = 0; j < n; ++j) {
-    const VecJob& v = jobs[j];
-    const GpuWeight& w = *v.w;
-    p.job[j] = VecJobDev{w.q, w.d, w.s, w.K, w.Kp, w.rows, w.row_bytes, v.mat_idx, v.mat, v.x, v.ldx, v.y, v.ldy};
-    max_rows = std::max(max_rows, w.rows);
+    p.job[j] = dev_job(jobs[j]);
+    max_rows = std::max(max_rows, jobs[j].w->rows);
   }
   // all whole groups of 8 tokens in one launch (grid.z), then the rest in 4, 2, 1
   for (int64_t t0 = 0; t0 < T;) {
@@ -684,6 +685,11 @@ void gemv(const VecJob* jobs, int n, bool relu2, int64_t T, cudaStream_t s) {
     }
     t0 += nt * groups;
   }
+}
+
+void gemv(const VecJob* jobs, int n, bool relu2, int64_t T, cudaStream_t s) {
+  if (tc::usable(jobs, n, T)) return tc::launch(jobs, n, relu2, s);
+  gemv_fp32(jobs, n, relu2, T, s);
 }
 
 // ---- gemm (tensor cores) ---------------------------------------------------------------
