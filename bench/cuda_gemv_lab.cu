@@ -282,8 +282,9 @@ int main(int argc, char** argv) {
   auto fp32_gemv = [](const Launch& l, cudaStream_t st) { gemv_fp32(l.jobs.data(), (int)l.jobs.size(), l.relu2, 1, st); };
   std::vector<Variant> vs = {
       {"gemv_kernel (fp32 decode)", fp32_gemv, true},
-      {"tc::fp8_gemv_kernel, 1 block/SM", [](const Launch& l, cudaStream_t st) { tc::launch(l.jobs.data(), (int)l.jobs.size(), l.relu2, st, 1); }, true},
-      {"tc::fp8_gemv_kernel, 2 blocks/SM", [](const Launch& l, cudaStream_t st) { tc::launch(l.jobs.data(), (int)l.jobs.size(), l.relu2, st, 2); }, true},
+      {"tc::fp8_gemv_kernel, 1 block/SM", [](const Launch& l, cudaStream_t st) { tc::launch(l.jobs.data(), (int)l.jobs.size(), l.relu2, st, 1, 1); }, true},
+      {"tc::fp8_gemv_kernel, 1 block/SM, 2 teams", [](const Launch& l, cudaStream_t st) { tc::launch(l.jobs.data(), (int)l.jobs.size(), l.relu2, st, 1, 2); }, true},
+      {"tc::fp8_gemv_kernel, 2 blocks/SM", [](const Launch& l, cudaStream_t st) { tc::launch(l.jobs.data(), (int)l.jobs.size(), l.relu2, st, 2, 1); }, true},
       {"bulk copy only (ceiling)", [](const Launch& l, cudaStream_t st) { launch_copy_ceiling(l.jobs.data(), (int)l.jobs.size(), st); }, false},
   };
   for (int si = 0; si < (int)shapes.size(); ++si) {

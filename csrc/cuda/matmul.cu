@@ -400,7 +400,13 @@ __device__ __forceinline__ void bulk_copy(void* dst, const void* src, uint32_t b
                "l"(src), "r"(bytes), "r"(smem_u32(b))
                : "memory");
 }
-__device__ __forceinline__ void consumer_sync() { asm volatile("bar.sync 1, %0;" ::"n"(kCons * 32) : "memory"); }
+// The consumer warps of one team (named barrier 1 + team; the producer warp never joins).
+__device__ __forceinline__ void consumer_sync(int team) {
+  if (team == 0)
+    asm volatile("bar.sync 1, %0;" ::"n"(kCons * 32) : "memory");
+  else
+    asm volatile("bar.sync 2, %0;" ::"n"(kCons * 32) : "memory");
+}
 __device__ __forceinline__ void mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
                                          uint32_t b1) {
   asm volatile(
@@ -444,19 +450,26 @@ __device__ __forceinline__ int group_at_byte(const Params& p, int64_t b) {
   return p.first[p.n_jobs];
 }
 
-__global__ void __launch_bounds__((kCons + 1) * 32, 2) fp8_gemv_kernel(const __grid_constant__ Params p) {
+// TEAMS consumer teams of kCons warps take alternate groups, each with its own x split and
+// sums: several groups consumed at once within a block (as two blocks per SM do, for rows
+// too large for two blocks).
+template <int TEAMS>
+__global__ void __launch_bounds__((TEAMS * kCons + 1) * 32, TEAMS == 1 ? 2 : 1) fp8_gemv_kernel(const __grid_constant__ Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   pdl_trigger();
   extern __shared__ __align__(128) uint8_t sm[];
-  // [ns stages][slot_bytes] | x split [2][kx] f16 | partial sums [2][kCons][16], maxima [kCons]
-  // (2 kCons floats) | full[ns], empty[ns] barriers | row scales [ns][16]
-  __half* xs = reinterpret_cast<__half*>(sm + (size_t)p.ns * p.slot_bytes);
-  float* red = reinterpret_cast<float*>(xs + 2 * p.kx);
+  // [ns stages][slot_bytes] | per team: x split [2][kx] f16 | per team: partial sums
+  // [2][kCons][16] and maxima [kCons] (2 kCons floats) | full[ns], empty[ns] barriers | row scales [ns][16]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, team = min(warp / kCons, TEAMS - 1);
+  __half* xs_all = reinterpret_cast<__half*>(sm + (size_t)p.ns * p.slot_bytes);
+  float* red_all = reinterpret_cast<float*>(xs_all + TEAMS * 2 * p.kx);
+  constexpr int kTeamFloats = 2 * kCons * 16 + 2 * kCons;
+  __half* xs = xs_all + team * 2 * p.kx;
+  float* red = red_all + team * kTeamFloats;
   float* wmax = red + 2 * kCons * 16;
-  uint64_t* full = reinterpret_cast<uint64_t*>(wmax + kCons * 2);
+  uint64_t* full = reinterpret_cast<uint64_t*>(red_all + TEAMS * kTeamFloats);
   uint64_t* empty = full + p.ns;
   float* sscale = reinterpret_cast<float*>(empty + p.ns);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g0 = group_at_byte(p, p.total_bytes * blockIdx.x / gridDim.x);
   const int g1 = group_at_byte(p, p.total_bytes * (blockIdx.x + 1) / gridDim.x);
   if (threadIdx.x == 0) {
@@ -467,7 +480,7 @@ __global__ void __launch_bounds__((kCons + 1) * 32, 2) fp8_gemv_kernel(const __g
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
   }
   __syncthreads();
-  if (warp == kCons) {  // producer
+  if (warp == TEAMS * kCons) {  // producer
     if (lane == 0) {
       bool waited = false;
       for (int g = g0; g < g1; ++g) {
@@ -491,11 +504,11 @@ __global__ void __launch_bounds__((kCons + 1) * 32, 2) fp8_gemv_kernel(const __g
     return;
   }
   pdl_wait();  // x (and the outputs) belong to earlier kernels
-  const int tid = threadIdx.x, gi = lane >> 2, t = lane & 3;
+  const int tid = threadIdx.x % (kCons * 32), wt = warp % kCons, gi = lane >> 2, t = lane & 3;
   int cur = -1;
   int64_t m = 0;
   float unscale = 1.0f;
-  for (int g = g0; g < g1; ++g) {
+  for (int g = g0 + team; g < g1; g += TEAMS) {
     const int i = g - g0, s = i % p.ns, j = job_of_group(p, g);
     const VecJobDev& J = p.job[j];
     if (j != cur) m = J.mat_idx ? J.mat_idx[J.mat] : J.mat;
@@ -512,9 +525,9 @@ __global__ void __launch_bounds__((kCons + 1) * 32, 2) fp8_gemv_kernel(const __g
       }
 #pragma unroll
       for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-      consumer_sync();  // every warp is done with the previous x
-      if (lane == 0) wmax[warp] = mx;
-      consumer_sync();
+      consumer_sync(team);  // every warp of the team is done with the previous x
+      if (lane == 0) wmax[wt] = mx;
+      consumer_sync(team);
       mx = 0.0f;
       for (int w = 0; w < kCons; ++w) mx = fmaxf(mx, wmax[w]);
       // 2^sh * max|x| in [2^14, 2^15): no f16 overflow; inf / nan x keep sh = 0 and propagate
@@ -531,7 +544,7 @@ __global__ void __launch_bounds__((kCons + 1) * 32, 2) fp8_gemv_kernel(const __g
           xs[p.kx + k] = __float2half_rn(v - __half2float(h));
         }
       }
-      consumer_sync();
+      consumer_sync(team);
     }
     cur = j;
     const int64_t r0 = (int64_t)(g - p.first[j]) * 16;
@@ -543,7 +556,7 @@ __global__ void __launch_bounds__((kCons + 1) * 32, 2) fp8_gemv_kernel(const __g
     const int rb = (int)J.row_bytes, nks = (rb + 63) / 64;
     float c[4] = {0.f, 0.f, 0.f, 0.f};
     const __half* xcol = xs + (gi == 0 ? 0 : p.kx);
-    for (int ks = warp; ks < nks; ks += kCons) {
+    for (int ks = wt; ks < nks; ks += kCons) {
       const int off = ks * 64 + 16 * t;
       const bool in = off + 16 <= rb;  // rows of 32-byte multiples: the last step may be half
       // rows >= n_rows of the stage hold stale bytes: their sums are never written
@@ -563,12 +576,12 @@ __global__ void __launch_bounds__((kCons + 1) * 32, 2) fp8_gemv_kernel(const __g
     }
     __syncwarp();
     if (lane == 0) mbar_arrive(empty + s);  // the stage may be refilled
-    float* rd = red + (i & 1) * kCons * 16;  // two buffers: no barrier after the sums are read
+    float* rd = red + ((i / TEAMS) & 1) * kCons * 16;  // two buffers: no barrier after the sums are read
     if (t == 0) {
-      rd[warp * 16 + gi] = c[0] + c[1];
-      rd[warp * 16 + gi + 8] = c[2] + c[3];
+      rd[wt * 16 + gi] = c[0] + c[1];
+      rd[wt * 16 + gi + 8] = c[2] + c[3];
     }
-    consumer_sync();
+    consumer_sync(team);
     if (tid < n_rows) {
       float v = 0.0f;
 #pragma unroll
@@ -583,8 +596,8 @@ __global__ void __launch_bounds__((kCons + 1) * 32, 2) fp8_gemv_kernel(const __g
 #endif
 }
 
-size_t fixed_smem(int kx) {
-  return 2 * (size_t)kx * 2 + (2 * kCons * 16 + 2 * kCons) * 4 + 2 * kMaxStages * 8 + kMaxStages * 16 * 4;
+size_t fixed_smem(int kx, int teams) {
+  return teams * (2 * (size_t)kx * 2 + (2 * kCons * 16 + 2 * kCons) * 4) + 2 * kMaxStages * 8 + kMaxStages * 16 * 4;
 }
 
 bool enabled() {
@@ -601,18 +614,25 @@ bool usable(const VecJob* jobs, int n, int64_t T) {
   return true;
 }
 
-// blocks_per_sm: 1 or 2 (0: NEMOCPU_CUDA_FP8_TC_BLOCKS, default 2), where shared memory allows.
-void launch(const VecJob* jobs, int n, bool relu2, cudaStream_t s, int blocks_per_sm = 0) {
+// blocks_per_sm: 1 or 2 (0: NEMOCPU_CUDA_FP8_TC_BLOCKS, default 2), where shared memory allows;
+// teams: consumer teams per block where one block per SM remains (0: NEMOCPU_CUDA_FP8_TC_TEAMS,
+// default 2), with at least three stages.
+void launch(const VecJob* jobs, int n, bool relu2, cudaStream_t s, int blocks_per_sm = 0, int teams = 0) {
   static const int cap = current_device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   static const int per_sm = current_device_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor);
   static bool raised = false;
   if (!raised) {
-    NEMOCPU_CUDA_CHECK(cudaFuncSetAttribute(fp8_gemv_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, cap));
+    NEMOCPU_CUDA_CHECK(cudaFuncSetAttribute(fp8_gemv_kernel<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, cap));
+    NEMOCPU_CUDA_CHECK(cudaFuncSetAttribute(fp8_gemv_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, cap));
     raised = true;
   }
   if (blocks_per_sm <= 0) {
     static const char* env = std::getenv("NEMOCPU_CUDA_FP8_TC_BLOCKS");
     blocks_per_sm = env ? std::atoi(env) : 2;
+  }
+  if (teams <= 0) {
+    static const char* env = std::getenv("NEMOCPU_CUDA_FP8_TC_TEAMS");
+    teams = env ? std::atoi(env) : 2;
   }
   int64_t max_rb = 0, max_kp = 0;
   for (int j = 0; j < n; ++j) {
@@ -622,16 +642,17 @@ void launch(const VecJob* jobs, int n, bool relu2, cudaStream_t s, int blocks_pe
   const int kx = (int)((max_kp + 63) / 64 * 64);
   // Two blocks per multiprocessor (two groups consumed at once) where each still gets two
   // stages: rows up to ~2.9 KB (in_proj, MoE up, lm_head: 1.1-1.4x faster than one block,
-  // bench/RESULTS.md); larger rows keep one block (groups of 8 rows, to fit two, were slower).
+  // bench/RESULTS.md). Larger rows: one block with two consumer teams where three stages fit.
   const int64_t half = per_sm / 2 - 1024;  // the runtime reserves 1 KB per block
-  const auto stages = [&](int64_t budget) { return (budget - (int64_t)fixed_smem(kx)) / (16 * max_rb); };
-  blocks_per_sm = blocks_per_sm >= 2 && stages(half) >= 2 ? 2 : 1;
+  const auto stages = [&](int64_t budget, int t) { return (budget - (int64_t)fixed_smem(kx, t)) / (16 * max_rb); };
+  blocks_per_sm = blocks_per_sm >= 2 && stages(half, 1) >= 2 ? 2 : 1;
+  teams = blocks_per_sm == 1 && teams >= 2 && stages(cap, 2) >= 3 ? 2 : 1;
   Params p{};
   p.n_jobs = n;
   p.relu2 = relu2;
   p.kx = kx;
   p.slot_bytes = (int)(16 * max_rb);
-  p.ns = (int)std::min<int64_t>(kMaxStages, stages(blocks_per_sm == 2 ? half : cap));
+  p.ns = (int)std::min<int64_t>(kMaxStages, stages(blocks_per_sm == 2 ? half : cap, teams));
   if (p.ns < 2) throw std::runtime_error("CUDA FP8 gemv: not enough shared memory for two stages");
   int groups = 0;
   int64_t bytes = 0;
@@ -646,9 +667,12 @@ void launch(const VecJob* jobs, int n, bool relu2, cudaStream_t s, int blocks_pe
   p.first[n] = groups;
   p.byte0[n] = bytes;
   p.total_bytes = bytes;
-  const size_t smem = (size_t)p.ns * p.slot_bytes + fixed_smem(p.kx);
+  const size_t smem = (size_t)p.ns * p.slot_bytes + fixed_smem(p.kx, teams);
   const int grid = std::min(groups, sm_count() * blocks_per_sm);
-  launch_pdl_smem(fp8_gemv_kernel, dim3((unsigned)grid), dim3((kCons + 1) * 32), smem, s, p);
+  if (teams == 2)
+    launch_pdl_smem(fp8_gemv_kernel<2>, dim3((unsigned)grid), dim3((2 * kCons + 1) * 32), smem, s, p);
+  else
+    launch_pdl_smem(fp8_gemv_kernel<1>, dim3((unsigned)grid), dim3((kCons + 1) * 32), smem, s, p);
 }
 
 }  // namespace tc
