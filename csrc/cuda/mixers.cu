@@ -214,17 +214,34 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(MambaArgs a) {
     if (lane + 32 * j < N) S[lane + 32 * j] = st[j];
 }
 
+// The gated values and the norm weights of up to kGatedPer elements per thread stay in
+// registers across the block sum (one round of loads instead of two, all issued at once);
+// larger groups loop as well, reloading.
+constexpr int kGatedPer = 4;
 __global__ void gated_rmsnorm_kernel(const float* y, const float* u, int64_t ldu, const float* w, int64_t di,
                                      int64_t group, float eps, float* out) {
   pdl_trigger();
-  const int64_t t = blockIdx.x, g0 = (int64_t)blockIdx.y * group;
+  const int64_t t = blockIdx.x, g0 = (int64_t)blockIdx.y * group, g1 = g0 + group;
+  float v[kGatedPer], wv[kGatedPer];
   float ss = 0.0f;
-  for (int64_t i = g0 + threadIdx.x; i < g0 + group; i += blockDim.x) {
-    const float v = y[t * di + i] * silu(u[t * ldu + i]);
-    ss += v * v;
+#pragma unroll
+  for (int r = 0; r < kGatedPer; ++r) {
+    const int64_t i = g0 + threadIdx.x + r * (int64_t)blockDim.x;
+    v[r] = i < g1 ? y[t * di + i] * silu(u[t * ldu + i]) : 0.0f;
+    wv[r] = i < g1 ? w[i] : 0.0f;
+    ss += v[r] * v[r];
+  }
+  for (int64_t i = g0 + threadIdx.x + kGatedPer * (int64_t)blockDim.x; i < g1; i += blockDim.x) {
+    const float x = y[t * di + i] * silu(u[t * ldu + i]);
+    ss += x * x;
   }
   const float inv = rsqrtf(block_sum(ss) / (float)group + eps);
-  for (int64_t i = g0 + threadIdx.x; i < g0 + group; i += blockDim.x)
+#pragma unroll
+  for (int r = 0; r < kGatedPer; ++r) {
+    const int64_t i = g0 + threadIdx.x + r * (int64_t)blockDim.x;
+    if (i < g1) out[t * di + i] = v[r] * inv * wv[r];
+  }
+  for (int64_t i = g0 + threadIdx.x + kGatedPer * (int64_t)blockDim.x; i < g1; i += blockDim.x)
     out[t * di + i] = y[t * di + i] * silu(u[t * ldu + i]) * inv * w[i];
 }
 
