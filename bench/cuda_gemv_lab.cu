@@ -5,7 +5,8 @@
 // from a CUDA graph as in the engine. Each kernel is checked against a float64 host product
 // first (err: max |y - ref| / max |ref|). Figures: bench/RESULTS.md "CUDA".
 //   nvcc -std=c++17 -O3 -arch=sm_90 --expt-relaxed-constexpr -Icsrc -Icsrc/include \
-//        bench/cuda_gemv_lab.cu -o /tmp/gemv_lab && /tmp/gemv_lab
+//        bench/cuda_gemv_lab.cu csrc/cuda/mixers.cu -o /tmp/gemv_lab && /tmp/gemv_lab
+// (mixers.cu: linear() may call mamba_conv)
 #include "cuda/matmul.cu"
 
 #include <algorithm>

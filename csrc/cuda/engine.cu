@@ -298,7 +298,6 @@ void CudaEngine::lin(const GpuWeight& w, const float* x, int64_t ldx, int64_t T,
 
 void CudaEngine::mamba(const DevLayer& L, int mi, CudaState& st, Scratch& sc, int64_t T, bool clamp_dt) {
   const int64_t nin = hp_.ssm_in_dim(), di = hp_.ssm_d_inner(), G = hp_.ssm_n_group;
-  lin(L.ssm_in, sc.h, hp_.n_embd, T, sc.u, nin);
   MambaArgs a;
   a.u = sc.u;
   a.ldu = nin;
@@ -319,7 +318,15 @@ void CudaEngine::mamba(const DevLayer& L, int mi, CudaState& st, Scratch& sc, in
   a.N = hp_.ssm_d_state;
   a.G = G;
   a.dt_floor = clamp_dt ? dt_floor_ : 0.0f;
-  mamba_conv(a, stream_);
+  LinearArgs in;  // in_proj, then the conv (fused into the product where it can be)
+  in.w = &L.ssm_in;
+  in.x = sc.h;
+  in.ldx = hp_.n_embd;
+  in.y = sc.u;
+  in.ldy = nin;
+  in.T = T;
+  in.conv = &a;
+  linear(in, stream_);
   mamba_scan(a, stream_);
   gated_rmsnorm(sc.ys, sc.u, nin, L.ssm_norm, T, di, di / G, (float)hp_.rms_eps, sc.v, stream_);
   lin(L.ssm_out, sc.v, di, T, sc.y, hp_.n_embd);

@@ -23,6 +23,19 @@ struct GpuWeight {
   float* s = nullptr;           // FP8: scale per row, [n_mat * rows]
 };
 
+// Mamba-2 (reference/nemotron-h.md §3.3).
+struct MambaArgs {
+  const float* u; int64_t ldu;       // in_proj output [T, ldu] = [z | xBC | dt]
+  float* conv_state;                 // [K-1, C]
+  const float* conv_w; const float* conv_b;  // [C, K], [C]
+  float* xbc;                        // [T, C] conv + SiLU output
+  float* ssm_state;                  // [nh, hd, N]
+  const float* dt_bias; const float* A; const float* D;
+  float* y;                          // [T, di]
+  int64_t T, C, K, nh, hd, N, G;
+  float dt_floor;                    // 0 = no clamp
+};
+
 // y[t*ldy + r] = (W_mat . x[t*ldx + :K])[r] for T tokens; x must be finite up to K (not Kp).
 struct LinearArgs {
   const GpuWeight* w;
@@ -31,6 +44,9 @@ struct LinearArgs {
   float* y; int64_t ldy;
   int64_t T = 1;
   bool relu2 = false;                // y = relu(y)^2 (MoE / MLP up projections)
+  // Mamba in_proj: y is conv->u; then the causal conv of its xBC columns (mamba_conv). Fused
+  // into the FP8 tensor-core decode product's epilogue where that runs (one launch less).
+  const MambaArgs* conv = nullptr;
 };
 
 // Matrix-vector products launched together (decode: attention q/k/v, the MoE's routed experts
@@ -73,18 +89,6 @@ struct GroupedArgs {
 };
 void grouped_linear(const GroupedArgs& a, cudaStream_t s);
 
-// Mamba-2 (reference/nemotron-h.md §3.3).
-struct MambaArgs {
-  const float* u; int64_t ldu;       // in_proj output [T, ldu] = [z | xBC | dt]
-  float* conv_state;                 // [K-1, C]
-  const float* conv_w; const float* conv_b;  // [C, K], [C]
-  float* xbc;                        // [T, C] conv + SiLU output
-  float* ssm_state;                  // [nh, hd, N]
-  const float* dt_bias; const float* A; const float* D;
-  float* y;                          // [T, di]
-  int64_t T, C, K, nh, hd, N, G;
-  float dt_floor;                    // 0 = no clamp
-};
 void mamba_conv(const MambaArgs& a, cudaStream_t s);
 void mamba_scan(const MambaArgs& a, cudaStream_t s);
 // out = groupwise rmsnorm(y * silu(z)) * w, z = u[:, :di]

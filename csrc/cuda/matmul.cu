@@ -22,6 +22,7 @@
 
 #include "cuda/check.h"
 #include "cuda/decode.cuh"
+#include "cuda/device_math.cuh"
 #include "cuda/kernels.cuh"
 #include "cuda/launch.cuh"
 #include "nemocpu/ggml_types.h"
@@ -428,7 +429,14 @@ struct Params {
   int64_t byte0[kMaxVecJobs + 1];  // first byte of each job in the launch's weight stream
   int n_jobs, relu2, ns, slot_bytes, kx;
   int64_t total_bytes;
+  // Mamba in_proj epilogue (conv_w null: none): output rows [conv_row0, conv_row0 + conv_C) of
+  // job 0 are the xBC channels; each also gets its causal conv + SiLU (into conv_out) and its
+  // conv state moved, as conv_kernel for one token does.
+  const float* conv_w; const float* conv_b;
+  float* conv_state; float* conv_out;
+  int64_t conv_row0, conv_C;
 };
+constexpr int kFusedConvK = 4;  // conv widths the epilogue takes (Nemotron-H: 4)
 
 // The 16 row scales of a group ride along with its rows when they are whole aligned 16-byte
 // pieces (always, for row counts that are multiples of 4); else the consumers read them.
@@ -549,6 +557,18 @@ __global__ void __launch_bounds__((TEAMS * kCons + 1) * 32, TEAMS == 1 ? 2 : 1) 
     cur = j;
     const int64_t r0 = (int64_t)(g - p.first[j]) * 16;
     const int n_rows = (int)min((int64_t)16, J.rows - r0);
+    // conv epilogue: this layer's own weights and state, loaded now (their latency hides
+    // behind the group's products)
+    const int64_t cc = r0 + tid - p.conv_row0;
+    const bool conv_row = p.conv_w && tid < n_rows && cc >= 0 && cc < p.conv_C;
+    float cw[kFusedConvK], cst[kFusedConvK - 1], cb = 0.0f;
+    if (conv_row) {
+#pragma unroll
+      for (int k = 0; k < kFusedConvK; ++k) cw[k] = p.conv_w[cc * kFusedConvK + k];
+#pragma unroll
+      for (int k = 0; k < kFusedConvK - 1; ++k) cst[k] = p.conv_state[k * p.conv_C + cc];
+      cb = p.conv_b[cc];
+    }
     mbar_wait(full + s, (i / p.ns) & 1);
     float srow = 0.0f;  // read before the stage is released
     if (tid < n_rows) srow = scales_copied(J, m, r0, n_rows) ? sscale[16 * s + tid] : J.s[m * J.rows + r0 + tid];
@@ -589,6 +609,16 @@ __global__ void __launch_bounds__((TEAMS * kCons + 1) * 32, TEAMS == 1 ? 2 : 1) 
       v = v * unscale * srow;
       if (p.relu2) v = v > 0.0f ? v * v : 0.0f;
       J.y[r0 + tid] = v;
+      if (conv_row) {  // conv_kernel's arithmetic and order: bias, then taps oldest first
+        float acc = cb;
+#pragma unroll
+        for (int k = 0; k < kFusedConvK - 1; ++k) acc += cw[k] * cst[k];
+        acc += cw[kFusedConvK - 1] * v;
+        p.conv_out[cc] = silu(acc);
+#pragma unroll
+        for (int k = 0; k + 1 < kFusedConvK - 1; ++k) p.conv_state[k * p.conv_C + cc] = cst[k + 1];
+        p.conv_state[(kFusedConvK - 2) * p.conv_C + cc] = v;
+      }
     }
   }
 #else
@@ -617,7 +647,9 @@ bool usable(const VecJob* jobs, int n, int64_t T) {
 // blocks_per_sm: 1 or 2 (0: NEMOCPU_CUDA_FP8_TC_BLOCKS, default 2), where shared memory allows;
 // teams: consumer teams per block where one block per SM remains (0: NEMOCPU_CUDA_FP8_TC_TEAMS,
 // default 2), with at least three stages.
-void launch(const VecJob* jobs, int n, bool relu2, cudaStream_t s, int blocks_per_sm = 0, int teams = 0) {
+// conv: the Mamba in_proj's conv epilogue (one job; fusable_conv), or null.
+void launch(const VecJob* jobs, int n, bool relu2, cudaStream_t s, int blocks_per_sm = 0, int teams = 0,
+            const MambaArgs* conv = nullptr) {
   static const int cap = current_device_attr(cudaDevAttrMaxSharedMemoryPerBlockOptin);
   static const int per_sm = current_device_attr(cudaDevAttrMaxSharedMemoryPerMultiprocessor);
   static bool raised = false;
@@ -667,12 +699,27 @@ void launch(const VecJob* jobs, int n, bool relu2, cudaStream_t s, int blocks_pe
   p.first[n] = groups;
   p.byte0[n] = bytes;
   p.total_bytes = bytes;
+  if (conv) {
+    p.conv_w = conv->conv_w;
+    p.conv_b = conv->conv_b;
+    p.conv_state = conv->conv_state;
+    p.conv_out = conv->xbc;
+    p.conv_row0 = conv->nh * conv->hd;  // [z | xBC | dt]
+    p.conv_C = conv->C;
+  }
   const size_t smem = (size_t)p.ns * p.slot_bytes + fixed_smem(p.kx, teams);
   const int grid = std::min(groups, sm_count() * blocks_per_sm);
   if (teams == 2)
     launch_pdl_smem(fp8_gemv_kernel<2>, dim3((unsigned)grid), dim3((2 * kCons + 1) * 32), smem, s, p);
   else
     launch_pdl_smem(fp8_gemv_kernel<1>, dim3((unsigned)grid), dim3((kCons + 1) * 32), smem, s, p);
+}
+
+// The in_proj's conv can ride in the epilogue: one token, one job whose y is conv->u, the conv
+// width the epilogue holds (NEMOCPU_CUDA_FUSED_CONV=0: never, for A/B measurements).
+bool fusable_conv(const MambaArgs& c, const VecJob& j) {
+  static const bool off = std::getenv("NEMOCPU_CUDA_FUSED_CONV") && std::string(std::getenv("NEMOCPU_CUDA_FUSED_CONV")) == "0";
+  return !off && c.T == 1 && c.K == kFusedConvK && j.y == c.u && j.w->rows >= c.nh * c.hd + c.C;
 }
 
 }  // namespace tc
@@ -948,10 +995,13 @@ void linear(const LinearArgs& a, cudaStream_t s) {
   if (a.T <= 0) return;
   if (a.w->type == GGML_F32 || a.T <= kMaxGemvTokens) {  // F32 weights stay exact fp32 (tests, router)
     const VecJob j{a.w, nullptr, a.mat, a.x, a.ldx, a.y, a.ldy};
+    if (a.conv && tc::usable(&j, 1, a.T) && tc::fusable_conv(*a.conv, j))
+      return tc::launch(&j, 1, a.relu2, s, 0, 0, a.conv);
     gemv(&j, 1, a.relu2, a.T, s);
   } else {
     gemm(a, s);
   }
+  if (a.conv) mamba_conv(*a.conv, s);
 }
 
 }  // namespace cuda

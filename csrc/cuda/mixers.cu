@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "cuda/check.h"
+#include "cuda/device_math.cuh"
 #include "cuda/kernels.cuh"
 #include "cuda/launch.cuh"
 #include "nemocpu/ggml_types.h"
@@ -24,9 +25,6 @@ namespace {
 constexpr int kThreads = 256;
 
 unsigned blocks_for(int64_t n, int threads = kThreads) { return (unsigned)((n + threads - 1) / threads); }
-
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + expf(-x)); }
-__device__ __forceinline__ float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
 // One element of a repacked weight (embedding lookup).
 __device__ float weight_at(const GpuWeight& w, int64_t row, int64_t k) {
