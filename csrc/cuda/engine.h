@@ -83,6 +83,7 @@ class CudaEngine {
   struct Scratch {
     int64_t cap = 0, logit_rows = 0;
     int32_t* tok = nullptr;
+    int32_t* scan_count = nullptr;  // decode: the fused gated norm's arrival counters [ssm_n_group]
     float *x = nullptr, *h = nullptr, *y = nullptr, *u = nullptr, *xbc = nullptr, *ys = nullptr, *v = nullptr,
           *q = nullptr, *k = nullptr, *kv_v = nullptr, *o = nullptr, *part = nullptr, *glog = nullptr,
           *wt = nullptr, *xe = nullptr, *act = nullptr, *ye = nullptr, *logits = nullptr;

@@ -34,6 +34,11 @@ struct MambaArgs {
   float* y;                          // [T, di]
   int64_t T, C, K, nh, hd, N, G;
   float dt_floor;                    // 0 = no clamp
+  // One token: the scan also runs the gated RMSNorm (norm_out = gated_rmsnorm(y, z) with
+  // norm_w), done by the last block of each group to finish (group_count: G counters, zero
+  // between launches). norm_out null: gated_rmsnorm is launched separately.
+  const float* norm_w = nullptr; float norm_eps = 0.0f;
+  float* norm_out = nullptr; int32_t* group_count = nullptr;
 };
 
 // y[t*ldy + r] = (W_mat . x[t*ldx + :K])[r] for T tokens; x must be finite up to K (not Kp).

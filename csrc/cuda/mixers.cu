@@ -155,6 +155,43 @@ __global__ void conv_state_kernel(MambaArgs a) {
 constexpr int kMaxStatePerLane = 8;  // d_state <= 256
 constexpr int kScanChunk = 16;       // tokens staged in shared memory at a time
 
+// The gated values and the norm weights of up to kGatedPer elements per thread stay in
+// registers across the block sum (one round of loads instead of two, all issued at once);
+// larger groups loop as well, reloading. y is read through L2 (__ldcg): in the scan's fused
+// form other blocks wrote it during this launch.
+constexpr int kGatedPer = 4;
+__device__ void gated_norm_group(const float* y, const float* u, int64_t ldu, const float* w, int64_t di, int64_t t,
+                                 int64_t g0, int64_t group, float eps, float* out) {
+  const int64_t g1 = g0 + group;
+  float v[kGatedPer], wv[kGatedPer];
+  float ss = 0.0f;
+#pragma unroll
+  for (int r = 0; r < kGatedPer; ++r) {
+    const int64_t i = g0 + threadIdx.x + r * (int64_t)blockDim.x;
+    v[r] = i < g1 ? __ldcg(y + t * di + i) * silu(u[t * ldu + i]) : 0.0f;
+    wv[r] = i < g1 ? w[i] : 0.0f;
+    ss += v[r] * v[r];
+  }
+  for (int64_t i = g0 + threadIdx.x + kGatedPer * (int64_t)blockDim.x; i < g1; i += blockDim.x) {
+    const float x = __ldcg(y + t * di + i) * silu(u[t * ldu + i]);
+    ss += x * x;
+  }
+  const float inv = rsqrtf(block_sum(ss) / (float)group + eps);
+#pragma unroll
+  for (int r = 0; r < kGatedPer; ++r) {
+    const int64_t i = g0 + threadIdx.x + r * (int64_t)blockDim.x;
+    if (i < g1) out[t * di + i] = v[r] * inv * wv[r];
+  }
+  for (int64_t i = g0 + threadIdx.x + kGatedPer * (int64_t)blockDim.x; i < g1; i += blockDim.x)
+    out[t * di + i] = __ldcg(y + t * di + i) * silu(u[t * ldu + i]) * inv * w[i];
+}
+
+__global__ void gated_rmsnorm_kernel(const float* y, const float* u, int64_t ldu, const float* w, int64_t di,
+                                     int64_t group, float eps, float* out) {
+  pdl_trigger();
+  gated_norm_group(y, u, ldu, w, di, blockIdx.x, (int64_t)blockIdx.y * group, group, eps, out);
+}
+
 // Selective scan, one warp per (head, channel p), the N state values in registers across all
 // T tokens; the warps of a block belong to one head (launch: warps per block divides hd).
 // Every kScanChunk tokens, the block stages what its warps share (B and C of the head's group,
@@ -210,37 +247,19 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(MambaArgs a) {
 #pragma unroll
   for (int j = 0; j < kMaxStatePerLane; ++j)
     if (lane + 32 * j < N) S[lane + 32 * j] = st[j];
-}
-
-// The gated values and the norm weights of up to kGatedPer elements per thread stay in
-// registers across the block sum (one round of loads instead of two, all issued at once);
-// larger groups loop as well, reloading.
-constexpr int kGatedPer = 4;
-__global__ void gated_rmsnorm_kernel(const float* y, const float* u, int64_t ldu, const float* w, int64_t di,
-                                     int64_t group, float eps, float* out) {
-  pdl_trigger();
-  const int64_t t = blockIdx.x, g0 = (int64_t)blockIdx.y * group, g1 = g0 + group;
-  float v[kGatedPer], wv[kGatedPer];
-  float ss = 0.0f;
-#pragma unroll
-  for (int r = 0; r < kGatedPer; ++r) {
-    const int64_t i = g0 + threadIdx.x + r * (int64_t)blockDim.x;
-    v[r] = i < g1 ? y[t * di + i] * silu(u[t * ldu + i]) : 0.0f;
-    wv[r] = i < g1 ? w[i] : 0.0f;
-    ss += v[r] * v[r];
+  if (a.norm_out) {  // one token: the group's last block to finish runs its gated RMSNorm
+    __shared__ bool last;
+    __threadfence();  // this thread's y is visible before the block arrives
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const int blocks = (int)(gridDim.x / a.G);
+      last = atomicAdd(a.group_count + g, 1) == blocks - 1;
+      if (last) atomicExch(a.group_count + g, 0);  // for the next launch / graph replay
+      __threadfence();
+    }
+    __syncthreads();
+    if (last) gated_norm_group(a.y, a.u, a.ldu, a.norm_w, di, 0, g * (di / a.G), di / a.G, a.norm_eps, a.norm_out);
   }
-  for (int64_t i = g0 + threadIdx.x + kGatedPer * (int64_t)blockDim.x; i < g1; i += blockDim.x) {
-    const float x = y[t * di + i] * silu(u[t * ldu + i]);
-    ss += x * x;
-  }
-  const float inv = rsqrtf(block_sum(ss) / (float)group + eps);
-#pragma unroll
-  for (int r = 0; r < kGatedPer; ++r) {
-    const int64_t i = g0 + threadIdx.x + r * (int64_t)blockDim.x;
-    if (i < g1) out[t * di + i] = v[r] * inv * wv[r];
-  }
-  for (int64_t i = g0 + threadIdx.x + kGatedPer * (int64_t)blockDim.x; i < g1; i += blockDim.x)
-    out[t * di + i] = y[t * di + i] * silu(u[t * ldu + i]) * inv * w[i];
 }
 
 // ---- attention -----------------------------------------------------------------------
@@ -786,6 +805,8 @@ void mamba_scan(const MambaArgs& a, cudaStream_t s) {
   if (a.N > 32 * kMaxStatePerLane) throw std::invalid_argument("CUDA: ssm_d_state above 256 is not supported");
   int nw = kThreads / 32;  // warps per block: a power of two dividing hd (one head per block)
   while (a.hd % nw) nw /= 2;
+  if (a.norm_out && (a.T != 1 || !a.group_count))
+    throw std::invalid_argument("CUDA mamba_scan: the fused gated norm takes one token and its counters");
   scan_kernel<<<(unsigned)(a.nh * a.hd / nw), nw * 32, 0, s>>>(a);
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
 }
