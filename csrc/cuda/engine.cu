@@ -2,11 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
 #include <stdexcept>
 
 #include "cuda/check.h"
+#include "cuda/launch.cuh"
 #include "model/graph.h"
 #include "nemocpu/ggml_types.h"
 
@@ -248,8 +248,9 @@ void CudaEngine::alloc_scratch(Scratch& sc, int64_t cap, int64_t logit_rows) {
   const size_t part = attention_part_floats(1, hp_.n_head, hp_.n_head_kv, hp_.head_dim, kDecodeSplits);
   sc.part = dev_alloc<float>(o, part);
   NEMOCPU_CUDA_CHECK(cudaMemsetAsync(sc.part, 0, part * sizeof(float), stream_));
-  sc.scan_count = dev_alloc<int32_t>(o, std::max<int64_t>(1, hp_.ssm_n_group));
-  NEMOCPU_CUDA_CHECK(cudaMemsetAsync(sc.scan_count, 0, std::max<int64_t>(1, hp_.ssm_n_group) * sizeof(int32_t), stream_));
+  const int64_t n_count = std::max<int64_t>(1, hp_.ssm_n_group);
+  sc.scan_count = dev_alloc<int32_t>(o, n_count);
+  NEMOCPU_CUDA_CHECK(cudaMemsetAsync(sc.scan_count, 0, n_count * sizeof(int32_t), stream_));
   sc.glog = dev_alloc<float>(o, T * hp_.n_expert);
   sc.idx = dev_alloc<int32_t>(o, T * k);
   sc.wt = dev_alloc<float>(o, T * k);
@@ -330,18 +331,15 @@ void CudaEngine::mamba(const DevLayer& L, int mi, CudaState& st, Scratch& sc, in
   in.T = T;
   in.conv = &a;
   linear(in, stream_);
-  static const bool fuse_norm = !(std::getenv("NEMOCPU_CUDA_SCAN_NORM") &&
-                                  std::string(std::getenv("NEMOCPU_CUDA_SCAN_NORM")) == "0");
+  static const bool fuse_norm = !env_off("NEMOCPU_CUDA_SCAN_NORM");
   if (T == 1 && fuse_norm) {  // the scan's last block of each group runs the gated norm
     a.norm_w = L.ssm_norm;
     a.norm_eps = (float)hp_.rms_eps;
     a.norm_out = sc.v;
     a.group_count = sc.scan_count;
-    mamba_scan(a, stream_);
-  } else {  // (NEMOCPU_CUDA_SCAN_NORM=0: its own launch, for A/B measurements)
-    mamba_scan(a, stream_);
-    gated_rmsnorm(sc.ys, sc.u, nin, L.ssm_norm, T, di, di / G, (float)hp_.rms_eps, sc.v, stream_);
   }
+  mamba_scan(a, stream_);
+  if (!a.norm_out) gated_rmsnorm(sc.ys, sc.u, nin, L.ssm_norm, T, di, di / G, (float)hp_.rms_eps, sc.v, stream_);
   lin(L.ssm_out, sc.v, di, T, sc.y, hp_.n_embd);
 }
 

@@ -31,6 +31,17 @@ __device__ __forceinline__ void pdl_trigger() {
 #endif
 }
 
+// The A/B switches (docs/cuda.md): NEMOCPU_CUDA_<name>=0 turns a path off; a few take a number.
+// Call sites read them once, into a static.
+inline bool env_off(const char* name) {
+  const char* v = std::getenv(name);
+  return v && std::string(v) == "0";
+}
+inline int env_int(const char* name, int fallback) {
+  const char* v = std::getenv(name);
+  return v ? std::atoi(v) : fallback;
+}
+
 inline int current_device_attr(cudaDeviceAttr attr) {
   int dev = 0, v = 0;
   NEMOCPU_CUDA_CHECK(cudaGetDevice(&dev));
@@ -45,8 +56,7 @@ inline int sm_count() {
 
 template <class... KArgs, class... Args>
 void launch_pdl_smem(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, Args&&... args) {
-  static const bool pdl = current_device_attr(cudaDevAttrComputeCapabilityMajor) >= 9 &&
-                          !(std::getenv("NEMOCPU_CUDA_PDL") && std::string(std::getenv("NEMOCPU_CUDA_PDL")) == "0");
+  static const bool pdl = current_device_attr(cudaDevAttrComputeCapabilityMajor) >= 9 && !env_off("NEMOCPU_CUDA_PDL");
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;

@@ -14,7 +14,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <utility>
 #include <stdexcept>
 #include <string>
@@ -631,8 +630,7 @@ size_t fixed_smem(int kx, int teams) {
 }
 
 bool enabled() {
-  static const bool on = current_device_attr(cudaDevAttrComputeCapabilityMajor) >= 9 &&
-                         !(std::getenv("NEMOCPU_CUDA_FP8_TC") && std::string(std::getenv("NEMOCPU_CUDA_FP8_TC")) == "0");
+  static const bool on = current_device_attr(cudaDevAttrComputeCapabilityMajor) >= 9 && !env_off("NEMOCPU_CUDA_FP8_TC");
   return on;
 }
 
@@ -658,14 +656,9 @@ void launch(const VecJob* jobs, int n, bool relu2, cudaStream_t s, int blocks_pe
     NEMOCPU_CUDA_CHECK(cudaFuncSetAttribute(fp8_gemv_kernel<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, cap));
     raised = true;
   }
-  if (blocks_per_sm <= 0) {
-    static const char* env = std::getenv("NEMOCPU_CUDA_FP8_TC_BLOCKS");
-    blocks_per_sm = env ? std::atoi(env) : 2;
-  }
-  if (teams <= 0) {
-    static const char* env = std::getenv("NEMOCPU_CUDA_FP8_TC_TEAMS");
-    teams = env ? std::atoi(env) : 2;
-  }
+  static const int env_blocks = env_int("NEMOCPU_CUDA_FP8_TC_BLOCKS", 2), env_teams = env_int("NEMOCPU_CUDA_FP8_TC_TEAMS", 2);
+  if (blocks_per_sm <= 0) blocks_per_sm = env_blocks;
+  if (teams <= 0) teams = env_teams;
   int64_t max_rb = 0, max_kp = 0;
   for (int j = 0; j < n; ++j) {
     max_rb = std::max(max_rb, jobs[j].w->row_bytes);
@@ -718,7 +711,7 @@ void launch(const VecJob* jobs, int n, bool relu2, cudaStream_t s, int blocks_pe
 // The in_proj's conv can ride in the epilogue: one token, one job whose y is conv->u, the conv
 // width the epilogue holds (NEMOCPU_CUDA_FUSED_CONV=0: never, for A/B measurements).
 bool fusable_conv(const MambaArgs& c, const VecJob& j) {
-  static const bool off = std::getenv("NEMOCPU_CUDA_FUSED_CONV") && std::string(std::getenv("NEMOCPU_CUDA_FUSED_CONV")) == "0";
+  static const bool off = env_off("NEMOCPU_CUDA_FUSED_CONV");
   return !off && c.T == 1 && c.K == kFusedConvK && j.y == c.u && j.w->rows >= c.nh * c.hd + c.C;
 }
 
