@@ -68,6 +68,40 @@ __device__ float block_sum(float v) {
   return s;
 }
 
+// "The last block to finish does the rest" (split-K combine, the scan's gated norm): every
+// thread calls this after its writes; it returns true, in every thread, in the block that
+// arrives last at `count` (one of `blocks`), and that block resets the counter for the next
+// launch or graph replay (zero it once when allocating). The last block reads what the others
+// wrote through L2 (__ldcg).
+__device__ bool last_block_to_arrive(int32_t* count, int blocks) {
+  __shared__ bool last;
+  __threadfence();  // this thread's writes are visible device-wide before the block is counted
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(count, 1) == blocks - 1;
+    if (last) {
+      atomicExch(count, 0);  // every block has arrived
+      __threadfence();
+    }
+  }
+  __syncthreads();
+  return last;
+}
+
+// m = max(m, w) and m += w, per component of a head quad.
+__device__ __forceinline__ void max4(float (&m)[4], const float4& w) {
+  m[0] = fmaxf(m[0], w.x);
+  m[1] = fmaxf(m[1], w.y);
+  m[2] = fmaxf(m[2], w.z);
+  m[3] = fmaxf(m[3], w.w);
+}
+__device__ __forceinline__ void add4(float (&m)[4], const float4& w) {
+  m[0] += w.x;
+  m[1] += w.y;
+  m[2] += w.z;
+  m[3] += w.w;
+}
+
 // x += y (the residual add of the previous block, when y is given), then out = rmsnorm(x).
 // One block per row. Rows of up to kNormThreads * kNormPer values are held in registers, all
 // their loads issued at once: in decode this kernel is a chain of dependent memory latencies,
@@ -247,19 +281,9 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(MambaArgs a) {
 #pragma unroll
   for (int j = 0; j < kMaxStatePerLane; ++j)
     if (lane + 32 * j < N) S[lane + 32 * j] = st[j];
-  if (a.norm_out) {  // one token: the group's last block to finish runs its gated RMSNorm
-    __shared__ bool last;
-    __threadfence();  // this thread's y is visible before the block arrives
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      const int blocks = (int)(gridDim.x / a.G);
-      last = atomicAdd(a.group_count + g, 1) == blocks - 1;
-      if (last) atomicExch(a.group_count + g, 0);  // for the next launch / graph replay
-      __threadfence();
-    }
-    __syncthreads();
-    if (last) gated_norm_group(a.y, a.u, a.ldu, a.norm_w, di, 0, g * (di / a.G), di / a.G, a.norm_eps, a.norm_out);
-  }
+  // one token: the group's last block to finish runs its gated RMSNorm
+  if (a.norm_out && last_block_to_arrive(a.group_count + g, (int)(gridDim.x / a.G)))
+    gated_norm_group(a.y, a.u, a.ldu, a.norm_w, di, 0, g * (di / a.G), di / a.G, a.norm_eps, a.norm_out);
 }
 
 // ---- attention -----------------------------------------------------------------------
@@ -432,7 +456,6 @@ __global__ void __launch_bounds__(kDecThreads) attn_decode_kernel(AttnArgs a) {
   const int chunk = (n_keys + used - 1) / used, k0 = sp * chunk, k1 = min(n_keys, k0 + chunk);
 
   extern __shared__ float4 sm4[];
-  __shared__ int is_last;
   float4* qs4 = sm4;                               // [RP][hd + 4] q * hd^-1/2, rows >= rep zero
   float4* ks4 = qs4 + RP * QS4;                    // [TK][hd + 4]
   float4* vs4 = ks4 + TK * QS4;                    // [TK][hd]
@@ -556,13 +579,7 @@ __global__ void __launch_bounds__(kDecThreads) attn_decode_kernel(AttnArgs a) {
       const int i = tid + r * kDecThreads;
       if (i < HQ * TK) {
         const int o = i >> 3, j = (o / HQ) * 8 + (i & 7), hq = o - (o / HQ) * HQ;
-        for (int s = 0; s < NS; ++s) {
-          const float4 w = *reinterpret_cast<const float4*>(wmax + s * RP + 4 * hq);
-          qmax[r][0] = fmaxf(qmax[r][0], w.x);
-          qmax[r][1] = fmaxf(qmax[r][1], w.y);
-          qmax[r][2] = fmaxf(qmax[r][2], w.z);
-          qmax[r][3] = fmaxf(qmax[r][3], w.w);
-        }
+        for (int s = 0; s < NS; ++s) max4(qmax[r], *reinterpret_cast<const float4*>(wmax + s * RP + 4 * hq));
         float p[4];
 #pragma unroll
         for (int h = 0; h < 4; ++h) p[h] = j < nk ? expf(sc[r][h] - qmax[r][h]) : 0.0f;
@@ -583,16 +600,8 @@ __global__ void __launch_bounds__(kDecThreads) attn_decode_kernel(AttnArgs a) {
         const int hq = i / hd2, dp = i - hq * hd2;
         float mn[4] = {pmax[r][0], pmax[r][1], pmax[r][2], pmax[r][3]}, sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int s = 0; s < NS; ++s) {
-          const float4 w = *reinterpret_cast<const float4*>(wmax + s * RP + 4 * hq);
-          const float4 l = *reinterpret_cast<const float4*>(wsum + s * RP + 4 * hq);
-          mn[0] = fmaxf(mn[0], w.x);
-          mn[1] = fmaxf(mn[1], w.y);
-          mn[2] = fmaxf(mn[2], w.z);
-          mn[3] = fmaxf(mn[3], w.w);
-          sum[0] += l.x;
-          sum[1] += l.y;
-          sum[2] += l.z;
-          sum[3] += l.w;
+          max4(mn, *reinterpret_cast<const float4*>(wmax + s * RP + 4 * hq));
+          add4(sum, *reinterpret_cast<const float4*>(wsum + s * RP + 4 * hq));
         }
 #pragma unroll
         for (int h = 0; h < 4; ++h) {
@@ -648,15 +657,7 @@ __global__ void __launch_bounds__(kDecThreads) attn_decode_kernel(AttnArgs a) {
       }
     }
   }
-  if (used == 1) return;
-  __threadfence();  // partials visible device-wide before this block is counted
-  __syncthreads();
-  if (tid == 0) {
-    is_last = atomicAdd(a.count + g, 1) == used - 1;
-    if (is_last) __threadfence();
-  }
-  __syncthreads();
-  if (!is_last) return;
+  if (used == 1 || !last_block_to_arrive(a.count + g, used)) return;
   // Combine (L2 loads: other blocks wrote the partials): weights exp(m_s - M) per head and split.
   const int lane = tid & 31;
   for (int h = tid >> 5; h < rep; h += kDecThreads / 32) {
@@ -682,7 +683,6 @@ __global__ void __launch_bounds__(kDecThreads) attn_decode_kernel(AttnArgs a) {
     for (int s = 0; s < used; ++s) o += __ldcg(pt + s * (hd + 2)) * cw[h * S + s];
     a.out[((int64_t)g * rep + h) * hd + d] = o / cl[h];
   }
-  if (tid == 0) a.count[g] = 0;  // every split has arrived: ready for the next launch
 }
 
 // ---- MoE -----------------------------------------------------------------------------
