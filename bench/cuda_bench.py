@@ -124,7 +124,9 @@ def profile(torch, eng, vocab: int, n_steps: int = 8, prefill: int = 1024) -> st
 
     def table(prof):
         """GPU kernels grouped by name and grid (the grid tells the shapes apart): launches,
-        mean and total microseconds, sorted by total."""
+        mean and total microseconds, sorted by total; and "wall": how far each launch moved
+        the end of the GPU's work (its end minus the latest end before it, 0 if inside), which
+        sums to the busy span: PDL overlap makes the durations add up to more than that."""
         import os
         import tempfile
 
@@ -134,20 +136,39 @@ def profile(torch, eng, vocab: int, n_steps: int = 8, prefill: int = 1024) -> st
         events = json.loads(Path(path).read_text()).get("traceEvents", [])
         Path(path).unlink()
         groups: dict = {}
-        for ev in events:
-            if ev.get("cat") != "kernel":
-                continue
+        kernels = sorted((ev for ev in events if ev.get("cat") == "kernel"), key=lambda ev: float(ev["ts"]))
+        last_end = None
+        for ev in kernels:
             name = ev["name"].replace("(anonymous namespace)::", "").replace("nemocpu::cuda::", "")
             name = name.removeprefix("void ").split("(")[0]
             key = (name[:48], str(ev.get("args", {}).get("grid")))
-            g = groups.setdefault(key, [0, 0.0])
+            g = groups.setdefault(key, [0, 0.0, 0.0])
+            start, dur = float(ev["ts"]), float(ev.get("dur", 0.0))
+            end = start + dur
+            # a gap between steps (host launch of the next graph) is not a kernel's doing
+            wall = dur if last_end is None or start > last_end + 50.0 else max(0.0, end - last_end)
+            last_end = end if last_end is None else max(last_end, end)
             g[0] += 1
-            g[1] += float(ev.get("dur", 0.0))
+            g[1] += dur
+            g[2] += wall
         total = sum(g[1] for g in groups.values())
-        lines = [f"{'kernel':48} {'grid':>16} {'n':>6} {'mean us':>9} {'total us':>10} {'share':>6}"]
-        for (name, grid), (n, dur) in sorted(groups.items(), key=lambda kv: -kv[1][1])[:30]:
-            lines.append(f"{name:48} {grid:>16} {n:>6} {dur / n:9.2f} {dur:10.1f} {100 * dur / total:5.1f}%")
-        lines.append(f"GPU kernel time {total:.0f} us")
+        wall_total = sum(g[2] for g in groups.values())
+        lines = [f"{'kernel':48} {'grid':>16} {'n':>6} {'mean us':>9} {'total us':>10} {'share':>6} {'wall us':>9}"]
+        for (name, grid), (n, dur, wall) in sorted(groups.items(), key=lambda kv: -kv[1][1])[:30]:
+            lines.append(f"{name:48} {grid:>16} {n:>6} {dur / n:9.2f} {dur:10.1f} {100 * dur / total:5.1f}% {wall / n:9.2f}")
+        lines.append(f"GPU kernel time {total:.0f} us; busy span (sum of wall) {wall_total:.0f} us")
+        # what a step spends outside kernels: copies on the GPU, runtime calls on the host
+        other: dict = {}
+        for ev in events:
+            if ev.get("cat") in ("gpu_memcpy", "gpu_memset", "cuda_runtime", "cuda_driver") and "dur" in ev:
+                o = other.setdefault((ev["cat"], ev["name"][:40]), [0, 0.0])
+                o[0] += 1
+                o[1] += float(ev["dur"])
+        for (cat, name), (n, dur) in sorted(other.items(), key=lambda kv: -kv[1][1])[:8]:
+            lines.append(f"  {cat:12} {name:40} {n:6} x {dur / n:8.2f} us")
+        if kernels:
+            span = max(float(ev["ts"]) + float(ev.get("dur", 0.0)) for ev in kernels) - float(kernels[0]["ts"])
+            lines.append(f"first kernel start to last kernel end {span:.0f} us")
         return "\n".join(lines)
 
     st = eng.new_state(prefill + 64, "f16")
@@ -156,9 +177,11 @@ def profile(torch, eng, vocab: int, n_steps: int = 8, prefill: int = 1024) -> st
     for _ in range(3):
         eng.eval(st, tok)
     with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
         for _ in range(n_steps):
             eng.eval(st, tok)
-    out = f"decode, {n_steps} steps:\n" + table(prof)
+        dt = time.perf_counter() - t0
+    out = f"decode, {n_steps} steps ({1e6 * dt / n_steps:.0f} us each, profiled):\n" + table(prof)
     if not prefill:
         return out
     ids = np.random.default_rng(3).integers(0, vocab, prefill).astype(np.int32)
