@@ -142,6 +142,23 @@ def test_snapshot_restore_reset_replay_identically():
     np.testing.assert_array_equal(c, d)
 
 
+def test_kept_decode_logits_survive_later_steps_and_the_engine():
+    """Single-token logits arrive in pooled page-locked buffers: an array the caller keeps must not
+    change when later steps reuse the pool, nor when the engine is gone."""
+    hp, eng, _, _ = build("moe")
+    st = eng.new_state(64, "f32")
+    eng.eval(st, IDS[:3])
+    kept = [eng.eval(st, IDS[i:i + 1]) for i in range(3, 8)]
+    copies = [k.copy() for k in kept]
+    assert all(k.shape == (1, hp.n_vocab) and k.dtype == np.float32 for k in kept)
+    assert not np.array_equal(copies[0], copies[1])
+    for i in range(12):  # more steps than the pool keeps buffers
+        eng.eval(st, IDS[i % 8:i % 8 + 1])
+    del eng, st
+    for k, c in zip(kept, copies):
+        np.testing.assert_array_equal(k, c)
+
+
 def test_bad_evals_raise_before_touching_the_state():
     hp, eng, _, _ = build("moe")
     st = eng.new_state(8, "f32")

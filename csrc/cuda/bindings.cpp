@@ -6,10 +6,17 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cuda_runtime.h>
+
+#include <memory>
+#include <mutex>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
 #include "bindings/py_convert.h"
 #include "cuda/engine.h"
+#include "cuda/launch.cuh"
 
 namespace py = pybind11;
 using namespace nemocpu;
@@ -18,11 +25,65 @@ using nemocpu::cuda::CudaState;
 
 namespace {
 
+// Page-locked host buffers of one logits row, for single-token evals: the engine copies the
+// logits straight into them (CudaEngine::decode_step). A buffer returns to the pool when the
+// numpy array that owns it is freed; the pool outlives the engine while arrays remain.
+class PinnedRows {
+ public:
+  explicit PinnedRows(size_t floats) : floats_(floats) {}
+  ~PinnedRows() {
+    for (float* p : free_) cudaFreeHost(p);
+  }
+  float* take() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      if (!free_.empty()) {
+        float* p = free_.back();
+        free_.pop_back();
+        return p;
+      }
+    }
+    void* p = nullptr;
+    if (cudaHostAlloc(&p, floats_ * sizeof(float), cudaHostAllocPortable) != cudaSuccess) {
+      cudaGetLastError();
+      return nullptr;  // the caller falls back to a plain array
+    }
+    return static_cast<float*>(p);
+  }
+  void give(float* p) {
+    std::lock_guard<std::mutex> lk(mu_);
+    if (free_.size() < kKeep)
+      free_.push_back(p);
+    else
+      cudaFreeHost(p);
+  }
+
+ private:
+  static constexpr size_t kKeep = 8;
+  size_t floats_;
+  std::mutex mu_;
+  std::vector<float*> free_;
+};
+
 struct PyCudaEngine {
   py::list keep_alive;  // owners of the source bytes until the upload is done (and after: cheap)
   std::unique_ptr<CudaEngine> eng;
+  std::shared_ptr<PinnedRows> rows;
   int n_threads = 1;
 };
+
+// A [1, n_vocab] float32 array in a pooled page-locked buffer (a plain one if none can be had).
+py::array_t<float> logits_row(PyCudaEngine& self, int64_t n_vocab) {
+  float* p = self.rows->take();
+  if (!p) return py::array_t<float>({(int64_t)1, n_vocab});
+  auto* owner = new std::pair<std::shared_ptr<PinnedRows>, float*>(self.rows, p);
+  py::capsule free_when_done(owner, [](void* o) {
+    auto* own = static_cast<std::pair<std::shared_ptr<PinnedRows>, float*>*>(o);
+    own->first->give(own->second);
+    delete own;
+  });
+  return py::array_t<float>({(int64_t)1, n_vocab}, p, free_when_done);
+}
 
 TensorView view_of(const std::string& name, const py::object& data) {
   TensorView v;
@@ -44,7 +105,9 @@ py::array_t<float> eval(PyCudaEngine& self, CudaState& st, const py::object& tok
   const int64_t n_vocab = self.eng->hparams().n_vocab;
   const std::vector<int32_t> ids = token_ids(tokens, n_vocab);
   const int64_t T = (int64_t)ids.size();
-  py::array_t<float> logits({all_logits ? T : (int64_t)1, n_vocab});
+  static const bool pinned = !cuda::env_off("NEMOCPU_CUDA_PINNED_LOGITS");  // A/B switch
+  py::array_t<float> logits = T == 1 && pinned ? logits_row(self, n_vocab)
+                                               : py::array_t<float>({all_logits ? T : (int64_t)1, n_vocab});
   float* out = logits.mutable_data();
   {
     py::gil_scoped_release release;
@@ -78,6 +141,7 @@ void register_cuda(py::module_& m, HParams (*hparams_from_dict)(const py::dict&)
                self->eng = std::make_unique<CudaEngine>(hp, tm, dt_floor, device);
              }
              self->keep_alive = py::list();  // the GPU holds its own copy now
+             self->rows = std::make_shared<PinnedRows>((size_t)hp.n_vocab);
              self->n_threads = n_threads > 0 ? n_threads : 1;
              return self;
            }),

@@ -118,7 +118,7 @@ class CudaEngine {
   int64_t weight_bytes_ = 0;
   Scratch dec_, pre_;
   int32_t* h_tok_ = nullptr;     // pinned: the decode graph's token input
-  float* h_logits_ = nullptr;    // pinned: the decode graph's logits output
+  float* h_logits_ = nullptr;    // pinned: decode logits staged for a pageable caller buffer
   int32_t* h_idx_ = nullptr;     // pinned: routing read back in prefill
   int32_t* h_rows_ = nullptr;    // pinned: row maps sent in prefill
   int64_t h_idx_cap_ = 0;
