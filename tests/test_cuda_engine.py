@@ -96,6 +96,20 @@ def test_long_context_split_k_decode_matches_oracle():
     assert rel_err(decode_steps(eng, st, ids[690:]), ref[690:]) <= TOL
 
 
+@pytest.mark.parametrize("cfg,dt_floor", [(c, 0.0) for c in sorted(CONFIGS)] + [("moe", 1e-3)])
+def test_chunked_scan_prefill_then_decode_match_oracle(cfg, dt_floor):
+    """Prefills of 64 tokens or more take the chunked (SSD) scan: chunks of 32, the last one
+    partial here; decode then continues from the state it left (with a dt floor, only the
+    prefill clamps: the decode steps are checked without one)."""
+    hp, eng, P, _ = build(cfg, dt_floor=dt_floor)
+    ids = np.random.default_rng(11).integers(0, hp.n_vocab, 103).astype(np.int32)
+    ref = forward(P, hp, ids, dt_floor=dt_floor)
+    st = eng.new_state(128, "f32")
+    assert rel_err(eng.eval(st, ids[:99], all_logits=True), ref[:99]) <= TOL
+    if dt_floor == 0.0:
+        assert rel_err(decode_steps(eng, st, ids[99:]), ref[99:]) <= TOL
+
+
 def test_prefill_longer_than_one_chunk():
     hp, eng, P, _ = build("dense")
     ids = np.random.default_rng(8).integers(0, hp.n_vocab, 1100).astype(np.int32)  # chunk = 1024

@@ -248,6 +248,8 @@ void CudaEngine::alloc_scratch(Scratch& sc, int64_t cap, int64_t logit_rows) {
   const size_t part = attention_part_floats(1, hp_.n_head, hp_.n_head_kv, hp_.head_dim, kDecodeSplits);
   sc.part = dev_alloc<float>(o, part);
   NEMOCPU_CUDA_CHECK(cudaMemsetAsync(sc.part, 0, part * sizeof(float), stream_));
+  if (cap > 1 && hp_.ssm_n_head > 0)  // prefill: the chunked scan's scratch
+    sc.ssd = dev_alloc<float>(o, (int64_t)ssd_scratch_floats(cap, hp_.ssm_n_head, hp_.ssm_head_dim, hp_.ssm_d_state));
   const int64_t n_count = std::max<int64_t>(1, hp_.ssm_n_group);
   sc.scan_count = dev_alloc<int32_t>(o, n_count);
   NEMOCPU_CUDA_CHECK(cudaMemsetAsync(sc.scan_count, 0, n_count * sizeof(int32_t), stream_));
@@ -322,6 +324,7 @@ void CudaEngine::mamba(const DevLayer& L, int mi, CudaState& st, Scratch& sc, in
   a.N = hp_.ssm_d_state;
   a.G = G;
   a.dt_floor = clamp_dt ? dt_floor_ : 0.0f;
+  a.ssd = sc.ssd;
   LinearArgs in;  // in_proj, then the conv (fused into the product where it can be)
   in.w = &L.ssm_in;
   in.x = sc.h;

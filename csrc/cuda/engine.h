@@ -86,7 +86,8 @@ class CudaEngine {
     int32_t* scan_count = nullptr;  // decode: the fused gated norm's arrival counters [ssm_n_group]
     float *x = nullptr, *h = nullptr, *y = nullptr, *u = nullptr, *xbc = nullptr, *ys = nullptr, *v = nullptr,
           *q = nullptr, *k = nullptr, *kv_v = nullptr, *o = nullptr, *part = nullptr, *glog = nullptr,
-          *wt = nullptr, *xe = nullptr, *act = nullptr, *ye = nullptr, *logits = nullptr;
+          *wt = nullptr, *xe = nullptr, *act = nullptr, *ye = nullptr, *logits = nullptr,
+          *ssd = nullptr;  // prefill: the chunked scan's scratch (MambaArgs::ssd)
     int32_t *idx = nullptr, *row_of = nullptr, *src_row = nullptr, *grp = nullptr;
     std::vector<void*> owned;
   };

@@ -39,7 +39,11 @@ struct MambaArgs {
   // between launches). norm_out null: gated_rmsnorm is launched separately.
   const float* norm_w = nullptr; float norm_eps = 0.0f;
   float* norm_out = nullptr; int32_t* group_count = nullptr;
+  // Many tokens: scratch of the chunked scan (ssd_scratch_floats; null: the recurrent scan).
+  float* ssd = nullptr;
 };
+// Floats of MambaArgs::ssd for up to T tokens (per-chunk states, running sums, chunk decays).
+size_t ssd_scratch_floats(int64_t T, int64_t nh, int64_t hd, int64_t N);
 
 // y[t*ldy + r] = (W_mat . x[t*ldx + :K])[r] for T tokens; x must be finite up to K (not Kp).
 struct LinearArgs {
