@@ -214,6 +214,7 @@ void CudaEngine::upload_weights(const ModelWeights& mw) {
       if (L.has_shexp) {
         D.up_shexp = upload_matrix(L.up_shexp);
         D.down_shexp = upload_matrix(L.down_shexp);
+        D.down_shexp_halves = split_k(D.down_shexp);
       }
     } else {
       D.ffn_up = upload_matrix(L.ffn_up);
@@ -221,6 +222,35 @@ void CudaEngine::upload_weights(const ModelWeights& mw) {
     }
     layers_.push_back(D);
   }
+}
+
+// The shared expert's down projection for decode with its K cut in two (two stacked matrices of
+// half rows; the MoE combine adds their outputs): rows of 1856 bytes instead of 3712 let that
+// launch, the routed experts' down products with it, run two blocks per multiprocessor (rows up
+// to ~2.9 KB, tc::launch) instead of one. Only where the tensor-core FP8 decode product runs it:
+// FP8 rows without padding, K a multiple of 64 (NEMOCPU_CUDA_SPLIT_SHEXP=0: never, for A/B).
+GpuWeight CudaEngine::split_k(const GpuWeight& w) {
+  static const bool off = env_off("NEMOCPU_CUDA_SPLIT_SHEXP");
+  GpuWeight h;
+  if (off || w.type != GGML_I8 || !w.q || !w.s || w.n_mat != 1 || w.K % 64 || w.Kp != w.K || w.row_bytes != w.K)
+    return h;
+  h = w;
+  h.K = h.Kp = w.K / 2;
+  h.row_bytes = w.row_bytes / 2;
+  h.n_mat = 2;
+  NEMOCPU_CUDA_CHECK(cudaMalloc(&h.q, 2 * w.rows * h.row_bytes));
+  owned_.push_back(h.q);
+  NEMOCPU_CUDA_CHECK(cudaMalloc(&h.s, 2 * w.rows * sizeof(float)));
+  owned_.push_back(h.s);
+  for (int half = 0; half < 2; ++half) {
+    NEMOCPU_CUDA_CHECK(cudaMemcpy2DAsync(h.q + half * w.rows * h.row_bytes, h.row_bytes, w.q + half * h.row_bytes,
+                                         w.row_bytes, h.row_bytes, w.rows, cudaMemcpyDeviceToDevice, stream_));
+    NEMOCPU_CUDA_CHECK(cudaMemcpyAsync(h.s + half * w.rows, w.s, w.rows * sizeof(float), cudaMemcpyDeviceToDevice,
+                                       stream_));
+  }
+  NEMOCPU_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  weight_bytes_ += 2 * w.rows * (h.row_bytes + (int64_t)sizeof(float));
+  return h;
 }
 
 void CudaEngine::alloc_scratch(Scratch& sc, int64_t cap, int64_t logit_rows) {
@@ -261,7 +291,7 @@ void CudaEngine::alloc_scratch(Scratch& sc, int64_t cap, int64_t logit_rows) {
   sc.grp = dev_alloc<int32_t>(o, 3 * std::max<int64_t>(1, hp_.n_expert));
   sc.xe = dev_alloc<float>(o, T * k * E);
   sc.act = dev_alloc<float>(o, T * F);
-  sc.ye = dev_alloc<float>(o, T * (k + 1) * E);
+  sc.ye = dev_alloc<float>(o, T * (k + 2) * E);  // routed, shared expert, its second K half
   sc.logits = dev_alloc<float>(o, logit_rows * hp_.n_vocab);
 }
 
@@ -411,9 +441,17 @@ void CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
     // product is the largest: it goes first, so its blocks are scheduled first.
     VecBatch up, down;
     up.relu2 = true;
+    const bool halves = L.has_shexp && L.down_shexp_halves.q;
+    float* ye_sh2 = halves ? ye_sh + E : nullptr;
     if (L.has_shexp) {
       up.jobs.push_back(VecJob{&L.up_shexp, nullptr, 0, sc.h, E, act_sh, Fsh});
-      down.jobs.push_back(VecJob{&L.down_shexp, nullptr, 0, act_sh, Fsh, ye_sh, E});
+      if (halves) {
+        const int64_t half = L.down_shexp_halves.K;
+        down.jobs.push_back(VecJob{&L.down_shexp_halves, nullptr, 0, act_sh, Fsh, ye_sh, E});
+        down.jobs.push_back(VecJob{&L.down_shexp_halves, nullptr, 1, act_sh + half, Fsh, ye_sh2, E});
+      } else {
+        down.jobs.push_back(VecJob{&L.down_shexp, nullptr, 0, act_sh, Fsh, ye_sh, E});
+      }
     }
     for (int j = 0; j < k; ++j) {
       up.jobs.push_back(VecJob{&L.up_exps, sc.idx, j, sc.h, E, sc.act + j * F, F});
@@ -421,7 +459,7 @@ void CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
     }
     gemv_batch(up, 1, stream_);
     gemv_batch(down, 1, stream_);
-    moe_combine(sc.ye, L.has_shexp ? ye_sh : nullptr, sc.wt, nullptr, 1, k, E, sc.y, stream_);
+    moe_combine(sc.ye, L.has_shexp ? ye_sh : nullptr, ye_sh2, sc.wt, nullptr, 1, k, E, sc.y, stream_);
     return;
   }
   // prefill: group the (token, slot) pairs by expert on the host, one product per expert
@@ -480,7 +518,7 @@ void CudaEngine::moe(const DevLayer& L, Scratch& sc, int64_t T) {
     lin(L.up_shexp, sc.h, E, T, act_sh, Fsh, true);
     lin(L.down_shexp, act_sh, Fsh, T, ye_sh, E);
   }
-  moe_combine(sc.ye, L.has_shexp ? ye_sh : nullptr, sc.wt, sc.row_of, T, k, E, sc.y, stream_);
+  moe_combine(sc.ye, L.has_shexp ? ye_sh : nullptr, nullptr, sc.wt, sc.row_of, T, k, E, sc.y, stream_);
 }
 
 // One forward pass: the operations of the layer sequence (model/graph.h) on the GPU, enqueued

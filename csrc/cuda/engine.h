@@ -75,6 +75,7 @@ class CudaEngine {
     char kind = 'M';
     float* attn_norm = nullptr;
     GpuWeight ssm_in, ssm_out, wq, wk, wv, wo, gate, up_exps, down_exps, up_shexp, down_shexp, ffn_up, ffn_down;
+    GpuWeight down_shexp_halves;  // decode: down_shexp's K in two stacked halves (split_k), or none
     float *conv_w = nullptr, *conv_b = nullptr, *dt_bias = nullptr, *ssm_a = nullptr, *ssm_d = nullptr,
           *ssm_norm = nullptr, *exp_probs_b = nullptr;
     bool has_shexp = false;
@@ -94,6 +95,7 @@ class CudaEngine {
 
   void upload_weights(const ModelWeights& mw);
   GpuWeight upload_matrix(const Weight& w);
+  GpuWeight split_k(const GpuWeight& w);
   float* upload_f32(const float* src, int64_t n);
   void alloc_scratch(Scratch& sc, int64_t cap, int64_t logit_rows);
   void free_scratch(Scratch& sc);

@@ -136,9 +136,10 @@ struct RouterArgs {
   bool norm; float scale;
 };
 void route(const RouterArgs& a, cudaStream_t s);
-// out[t] = shared[t] (or 0) + sum_j wt[t,j] * ye[row(t,j)]; row_of null = t*k + j
-void moe_combine(const float* ye, const float* shared, const float* wt, const int32_t* row_of, int64_t T,
-                 int k, int64_t E, float* out, cudaStream_t s);
+// out[t] = shared[t] + shared2[t] (either may be null: 0) + sum_j wt[t,j] * ye[row(t,j)];
+// row_of null = t*k + j. shared2: the second K half of the shared expert's down product (decode).
+void moe_combine(const float* ye, const float* shared, const float* shared2, const float* wt, const int32_t* row_of,
+                 int64_t T, int k, int64_t E, float* out, cudaStream_t s);
 void gather_rows(const float* x, int64_t ld, const int32_t* src_row, int64_t n, float* out, cudaStream_t s);
 
 void add_scalar_i32(int32_t* p, int32_t v, cudaStream_t s);

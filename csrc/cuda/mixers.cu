@@ -962,13 +962,13 @@ __global__ void route_kernel(RouterArgs a) {
   }
 }
 
-__global__ void moe_combine_kernel(const float* ye, const float* shared, const float* wt, const int32_t* row_of,
-                                   int64_t T, int k, int64_t E, float* out) {
+__global__ void moe_combine_kernel(const float* ye, const float* shared, const float* shared2, const float* wt,
+                                   const int32_t* row_of, int64_t T, int k, int64_t E, float* out) {
   pdl_trigger();
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= T * E) return;
   const int64_t t = i / E, c = i % E;
-  float v = shared ? shared[i] : 0.0f;
+  float v = (shared ? shared[i] : 0.0f) + (shared2 ? shared2[i] : 0.0f);
   for (int j = 0; j < k; ++j) {
     const int64_t row = row_of ? row_of[t * k + j] : t * k + j;
     v += wt[t * k + j] * ye[row * E + c];
@@ -1104,9 +1104,9 @@ void route(const RouterArgs& a, cudaStream_t s) {
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
 }
 
-void moe_combine(const float* ye, const float* shared, const float* wt, const int32_t* row_of, int64_t T, int k,
-                 int64_t E, float* out, cudaStream_t s) {
-  moe_combine_kernel<<<blocks_for(T * E), kThreads, 0, s>>>(ye, shared, wt, row_of, T, k, E, out);
+void moe_combine(const float* ye, const float* shared, const float* shared2, const float* wt, const int32_t* row_of,
+                 int64_t T, int k, int64_t E, float* out, cudaStream_t s) {
+  moe_combine_kernel<<<blocks_for(T * E), kThreads, 0, s>>>(ye, shared, shared2, wt, row_of, T, k, E, out);
   NEMOCPU_CUDA_CHECK(cudaGetLastError());
 }
 
