@@ -306,6 +306,15 @@ constexpr int64_t kSsdMinTokens = 64;
 constexpr int kSsdWarps = kThreads / 32, kSsdRows = kSsdChunk / kSsdWarps, kSsdCols = 4, kSsdOutCols = 2;
 static_assert(kSsdWarps * kSsdRows == kSsdChunk, "the warps' rows cover a chunk");
 
+// acc += a b^T: one step of a register tile's product.
+template <int R, int C>
+__device__ __forceinline__ void rank1_update(float (&acc)[R][C], const float (&a)[R], const float (&b)[C]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i)
+#pragma unroll
+    for (int j = 0; j < C; ++j) acc[i][j] += a[i] * b[j];
+}
+
 struct SsdScratch {
   float* state;  // [chunks][nh][hd][N]: the chunk's increment, then the state entering it
   float* cum;    // [T][nh] running sums of dt A within each chunk
@@ -412,10 +421,7 @@ __global__ void __launch_bounds__(kThreads) ssd_chunk_kernel(MambaArgs a) {
           const int n = n0 + lane + 32 * j;
           bv[j] = n < N ? sB[s * Np + n] : 0.0f;
         }
-#pragma unroll
-        for (int i = 0; i < kSsdRows; ++i)
-#pragma unroll
-          for (int j = 0; j < kSsdCols; ++j) acc[i][j] += xv[i] * bv[j];
+        rank1_update(acc, xv, bv);
       }
 #pragma unroll
       for (int i = 0; i < kSsdRows; ++i)
@@ -479,10 +485,7 @@ __global__ void __launch_bounds__(kThreads) ssd_out_kernel(MambaArgs a) {
       for (int i = 0; i < kSsdRows; ++i) cv[i] = sC[(warp + kSsdWarps * i) * Np + n];
 #pragma unroll
       for (int j = 0; j < kSsdOutCols; ++j) sv[j] = sS[pr[j] * Np + n];
-#pragma unroll
-      for (int i = 0; i < kSsdRows; ++i)
-#pragma unroll
-        for (int j = 0; j < kSsdOutCols; ++j) acc[i][j] += cv[i] * sv[j];
+      rank1_update(acc, cv, sv);
     }
 #pragma unroll
     for (int i = 0; i < kSsdRows; ++i)
