@@ -227,8 +227,9 @@ void CudaEngine::upload_weights(const ModelWeights& mw) {
 // The shared expert's down projection for decode with its K cut in two (two stacked matrices of
 // half rows; the MoE combine adds their outputs): rows of 1856 bytes instead of 3712 let that
 // launch, the routed experts' down products with it, run two blocks per multiprocessor (rows up
-// to ~2.9 KB, tc::launch) instead of one. Only where the tensor-core FP8 decode product runs it:
-// FP8 rows without padding, K a multiple of 64 (NEMOCPU_CUDA_SPLIT_SHEXP=0: never, for A/B).
+// to ~2.9 KB, tc::launch) instead of one. FP8 rows without padding, K a multiple of 64 (the
+// halves stay whole padded rows); before sm_90 the fp32 kernel takes the two halves as two jobs,
+// as exact. NEMOCPU_CUDA_SPLIT_SHEXP=0: never (A/B).
 GpuWeight CudaEngine::split_k(const GpuWeight& w) {
   static const bool off = env_off("NEMOCPU_CUDA_SPLIT_SHEXP");
   GpuWeight h;
