@@ -89,6 +89,23 @@ __device__ bool last_block_to_arrive(int32_t* count, int blocks) {
   return last;
 }
 
+// The head quad v reduced with op over the 8 lanes of an octet (xor butterfly, offsets 1, 2, 4;
+// whole warps call it); the octet's first lane stores the result at dst (16-byte aligned).
+struct MaxOp {
+  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
+};
+struct AddOp {
+  __device__ float operator()(float a, float b) const { return a + b; }
+};
+template <class Op>
+__device__ __forceinline__ void octet_reduce_store(float (&v)[4], Op op, bool first, float* dst) {
+#pragma unroll
+  for (int h = 0; h < 4; ++h)
+#pragma unroll
+    for (int off = 1; off < 8; off <<= 1) v[h] = op(v[h], __shfl_xor_sync(0xffffffffu, v[h], off));
+  if (first) *reinterpret_cast<float4*>(dst) = make_float4(v[0], v[1], v[2], v[3]);
+}
+
 // m = max(m, w) and m += w, per component of a head quad.
 __device__ __forceinline__ void max4(float (&m)[4], const float4& w) {
   m[0] = fmaxf(m[0], w.x);
@@ -187,6 +204,12 @@ __global__ void conv_state_kernel(MambaArgs a) {
   if (c < a.C) update_conv_state(a, c, a.nh * a.hd);
 }
 
+// dt of head h at token t: softplus(raw + dt_bias), then the floor when one applies (both scans).
+__device__ __forceinline__ float mamba_dt(const MambaArgs& a, int64_t t, int64_t h) {
+  const float dt = softplus(a.u[t * a.ldu + a.nh * a.hd + a.C + h] + a.dt_bias[h]);
+  return a.dt_floor > 0.0f ? fmaxf(dt, a.dt_floor) : dt;
+}
+
 constexpr int kMaxStatePerLane = 8;  // d_state <= 256
 constexpr int kScanChunk = 16;       // tokens staged in shared memory at a time
 
@@ -245,7 +268,7 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(MambaArgs a) {
   float* S = a.ssm_state + wid * N;
 #pragma unroll
   for (int j = 0; j < kMaxStatePerLane; ++j) st[j] = lane + 32 * j < N ? S[lane + 32 * j] : 0.0f;
-  const float A = a.A[h], D = a.D[h], bias = a.dt_bias[h];
+  const float A = a.A[h], D = a.D[h];
   for (int64_t t0 = 0; t0 < a.T; t0 += kScanChunk) {
     const int tc = (int)min((int64_t)kScanChunk, a.T - t0);
     __syncthreads();  // the previous chunk is consumed
@@ -256,8 +279,7 @@ __global__ void __launch_bounds__(kThreads) scan_kernel(MambaArgs a) {
       sC[i / N][n] = row[a.G * N + n];
     }
     for (int i = threadIdx.x; i < tc; i += blockDim.x) {
-      float dt = softplus(a.u[(t0 + i) * a.ldu + di + a.C + h] + bias);
-      if (a.dt_floor > 0.0f) dt = fmaxf(dt, a.dt_floor);
+      const float dt = mamba_dt(a, t0 + i, h);
       sdt[i] = dt;
       sda[i] = expf(dt * A);
     }
@@ -353,11 +375,7 @@ __global__ void __launch_bounds__(kThreads) ssd_chunk_kernel(MambaArgs a) {
   const int n_tok = (int)min((int64_t)L, a.T - t0);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (warp == 0) {  // dt and the running sums (tokens past T: dt = 0, nothing decays or adds)
-    float dt = 0.0f;
-    if (lane < n_tok) {
-      dt = softplus(a.u[(t0 + lane) * a.ldu + di + a.C + h] + a.dt_bias[h]);
-      if (a.dt_floor > 0.0f) dt = fmaxf(dt, a.dt_floor);
-    }
+    const float dt = lane < n_tok ? mamba_dt(a, t0 + lane, h) : 0.0f;
     float cum = dt * a.A[h];
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
@@ -772,15 +790,9 @@ __global__ void __launch_bounds__(kDecThreads) attn_decode_kernel(AttnArgs a) {
 #pragma unroll
           for (int h = 0; h < 4; ++h) s[h] = -INFINITY;
         }
-        float m[4];
 #pragma unroll
-        for (int h = 0; h < 4; ++h) {
-          sc[r][h] = s[h];
-          m[h] = s[h];
-          for (int off = 1; off < 8; off <<= 1) m[h] = fmaxf(m[h], __shfl_xor_sync(0xffffffffu, m[h], off));
-        }
-        if ((i & 7) == 0)
-          *reinterpret_cast<float4*>(wmax + (j >> 3) * RP + 4 * hq) = make_float4(m[0], m[1], m[2], m[3]);
+        for (int h = 0; h < 4; ++h) sc[r][h] = s[h];
+        octet_reduce_store(s, MaxOp{}, (i & 7) == 0, wmax + (j >> 3) * RP + 4 * hq);
       }
     }
     __syncthreads();
@@ -795,11 +807,7 @@ __global__ void __launch_bounds__(kDecThreads) attn_decode_kernel(AttnArgs a) {
 #pragma unroll
         for (int h = 0; h < 4; ++h) p[h] = j < nk ? expf(sc[r][h] - qmax[r][h]) : 0.0f;
         *reinterpret_cast<float4*>(ps + j * RP + 4 * hq) = make_float4(p[0], p[1], p[2], p[3]);
-#pragma unroll
-        for (int h = 0; h < 4; ++h)
-          for (int off = 1; off < 8; off <<= 1) p[h] += __shfl_xor_sync(0xffffffffu, p[h], off);
-        if ((i & 7) == 0)
-          *reinterpret_cast<float4*>(wsum + (j >> 3) * RP + 4 * hq) = make_float4(p[0], p[1], p[2], p[3]);
+        octet_reduce_store(p, AddOp{}, (i & 7) == 0, wsum + (j >> 3) * RP + 4 * hq);
       }
     }
     __syncthreads();
