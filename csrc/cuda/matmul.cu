@@ -350,9 +350,10 @@ void launch_gemv(const VecParams& p, int nt, int64_t max_rows, int64_t groups, c
 // into shared memory through the bulk-copy engine and the tensor cores do the products:
 //   * Each block owns a contiguous run of the launch's 16-row groups (balanced by bytes). One
 //     producer lane copies a whole group (16 consecutive rows: one contiguous range) plus its
-//     16 row scales into a ring of stages with cp.async.bulk: ~200 KB in flight per
-//     multiprocessor without registers. It requests the first groups before waiting for the
-//     previous kernel (PDL), except for routed experts, whose ids come from it.
+//     16 row scales into a ring of stages with cp.async.bulk (up to ~200 KB of stages per
+//     multiprocessor, no registers held; how many groups are in flight at once: launch()). It
+//     requests the first groups before waiting for the previous kernel (PDL), except for
+//     routed experts, whose ids come from it.
 //   * 8 consumer warps split a group's K in 64-byte steps. Lane (g, t) takes bytes 16t..16t+15
 //     of rows g and g + 8: the A fragments of four m16n8k16 products after the exact e4m3x2 ->
 //     f16x2 conversion (the dot product is indifferent to the order of k, so the bytes of a
