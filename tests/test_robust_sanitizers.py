@@ -35,7 +35,11 @@ DEFAULT_TESTS = ("tests/test_kernels_matmul.py tests/test_kernels_matmul_x8.py t
 SANITIZER_REPORT_MARKERS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer",
                             "SUMMARY: UndefinedBehaviorSanitizer")
 
-pytestmark = pytest.mark.slow
+CANARY_SOURCE = REPO / "tests" / "fuzz" / "sanitizer_canary.cpp"
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(sys.platform != "linux", reason="sanitizer runtime preloading is Linux-only"),
+              pytest.mark.skipif(os.environ.get("NEMOCPU_SANITIZE_SKIP") == "1", reason="NEMOCPU_SANITIZE_SKIP=1")]
 
 
 def _source_digest() -> str:
@@ -43,7 +47,7 @@ def _source_digest() -> str:
     csrc = REPO / "csrc"
     sources = [p for p in csrc.rglob("*") if p.is_file() and p.relative_to(csrc).parts[0] != "cuda"]
     h = hashlib.sha256()
-    for p in sorted([REPO / "CMakeLists.txt", *sources]):
+    for p in sorted([REPO / "CMakeLists.txt", CANARY_SOURCE, *sources]):
         h.update(str(p.relative_to(REPO)).encode() + b"\0" + p.read_bytes())
     return h.hexdigest()[:16]
 
@@ -78,8 +82,33 @@ def _build() -> Path:
     return sorted(build.glob("_core*.so"))[0]
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="sanitizer runtime preloading is Linux-only")
-@pytest.mark.skipif(os.environ.get("NEMOCPU_SANITIZE_SKIP") == "1", reason="NEMOCPU_SANITIZE_SKIP=1")
+def _sanitized_env(libs: list[str], so: Path) -> dict:
+    return dict(os.environ,
+                LD_PRELOAD=" ".join(libs),
+                # CPython's arenas are never freed at exit: leak checking would only report them
+                ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1",
+                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1",
+                NEMOCPU_SANITIZED_CORE=str(so),
+                PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "fuzz"), os.environ.get("PYTHONPATH", "")]))
+
+
+@pytest.mark.parametrize("bug, report", [
+    ("canary_heap_overflow(8)", "ERROR: AddressSanitizer: heap-buffer-overflow"),
+    ("canary_signed_overflow(1 << 20)", "runtime error: signed integer overflow"),
+])
+def test_planted_bug_is_reported(bug, report):
+    """The run below counts "no report" as a pass; that only means something if a bug in code built
+    this way, loaded into a Python started this way, does produce one."""
+    libs = _runtime_libs()
+    so = _build()
+    canary = next(so.parent.glob("*sanitizer_canary*.so"))
+    code = f"import ctypes; ctypes.CDLL({str(canary)!r}).{bug}"
+    r = subprocess.run([sys.executable, "-c", code], env=_sanitized_env(libs, so),
+                       capture_output=True, text=True, timeout=120)
+    assert report in r.stderr, r.stderr[-3000:]
+    assert r.returncode != 0
+
+
 def test_core_tests_pass_under_asan_and_ubsan():
     libs = _runtime_libs()
     so = _build()
@@ -90,13 +119,7 @@ def test_core_tests_pass_under_asan_and_ubsan():
     unsanitized = [c["file"] for c in commands if "-fsanitize=address,undefined" not in c["command"]]
     assert not unsanitized, f"compiled without sanitizers: {unsanitized}"
 
-    env = dict(os.environ,
-               LD_PRELOAD=" ".join(libs),
-               # CPython's arenas are never freed at exit: leak checking would only report them
-               ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_string_checks=1",
-               UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1",
-               NEMOCPU_SANITIZED_CORE=str(so),
-               PYTHONPATH=os.pathsep.join([str(REPO / "tests" / "fuzz"), os.environ.get("PYTHONPATH", "")]))
+    env = _sanitized_env(libs, so)
     tests = os.environ.get("NEMOCPU_SANITIZE_TESTS", DEFAULT_TESTS).split()
     r = subprocess.run([sys.executable, "-m", "pytest", "-p", "sanitized_core_plugin", "-p", "no:cacheprovider",
                         "-q", "-x", "-m", "not slow", *tests],
