@@ -5,6 +5,7 @@ mounting is allowed) is a one-line error naming the output, with nothing left be
 
 from __future__ import annotations
 
+import os
 import resource
 import signal
 import subprocess
@@ -63,6 +64,31 @@ def test_sigkill_at_any_moment_leaves_no_partial_output(medium, tmp_path):
             killed_mid_write += writing
     # SIGKILL cannot be caught, so a killed run may leave its hidden .part temp file, never OUT.gguf
     assert killed_mid_write >= 1, "no kill landed while the output was being written"
+
+
+def test_next_conversion_removes_what_a_killed_one_left(medium, tmp_path):
+    out = tmp_path / "m.gguf"
+    proc = subprocess.Popen(convert_cmd(medium, out), stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not any(p.suffix == ".part" for p in tmp_path.iterdir()):
+        assert time.monotonic() < deadline and proc.poll() is None, "the conversion wrote no .part"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(60)
+    if out.exists():
+        pytest.skip("the conversion finished before the kill")
+    (left,) = [p for p in tmp_path.iterdir() if p.suffix == ".part"]
+    fresh = tmp_path / f".m.gguf.{os.getpid()}.x.part"    # a live writer's file (this process's pid)
+    fresh.write_bytes(b"GGUF")
+    young = tmp_path / ".m.gguf.999999999.y.part"          # no such process, but written just now
+    young.write_bytes(b"GGUF")
+    old = time.time() - 3600
+    os.utime(left, (old, old))
+    os.utime(fresh, (old, old))
+    r = subprocess.run(convert_cmd(medium, out), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"removed {left}" in r.stderr
+    assert outputs(tmp_path) == sorted([fresh.name, young.name, "m.gguf"])
 
 
 def _limit_file_size(n):

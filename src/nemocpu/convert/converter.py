@@ -8,10 +8,12 @@ failure, SIGINT or SIGTERM removes the temporary file, so OUT.gguf exists only w
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -198,6 +200,41 @@ def _write_data(writer: gguf.GGUFWriter, plan, outtype: str, fout, progress: boo
                 finish(sti, scale_bytes.nbytes)
 
 
+# A partial output is named .OUT.gguf.<pid>.<random>.part. A writer killed by SIGKILL (or power loss)
+# cannot remove its own; the next conversion to the same OUT removes those whose writer is gone
+# and that nobody has written to for this long (a live writer on another host sharing the folder
+# has a pid that means nothing here, but it keeps its file's mtime fresh).
+STALE_PART_SECONDS = 60
+
+
+def _part_prefix(out: Path) -> str:
+    return f".{out.name}.{os.getpid()}."
+
+
+def remove_stale_parts(out: Path) -> list[Path]:
+    """Remove the partial outputs that killed conversions to `out` left behind; return them."""
+    removed = []
+    for part in out.parent.glob(f".{glob.escape(out.name)}.*.part"):
+        pid = part.name[len(out.name) + 2:].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue                      # its writer is still running
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError, ValueError):
+            continue                      # alive under another user, or not a pid: not ours to judge
+        try:
+            if time.time() - part.stat().st_mtime < STALE_PART_SECONDS:
+                continue
+            part.unlink()
+        except OSError:
+            continue
+        removed.append(part)
+    return removed
+
+
 def convert(hf_dir, out_path, outtype: str = "auto", progress: bool = True) -> Path:
     """Convert a NemotronH HF checkpoint directory to a GGUF file; return its path."""
     if outtype not in ty.OUTTYPES:
@@ -216,7 +253,9 @@ def convert(hf_dir, out_path, outtype: str = "auto", progress: bool = True) -> P
     if out.is_dir():
         raise ConversionError(out, "is a directory; give the output file name")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".part", dir=out.parent)
+    for part in remove_stale_parts(out):
+        print(f"removed {part}: the partial output of a conversion that was killed", file=sys.stderr)
+    fd, tmp_name = tempfile.mkstemp(prefix=_part_prefix(out), suffix=".part", dir=out.parent)
     tmp = Path(tmp_name)
     try:
         umask = os.umask(0)
