@@ -168,6 +168,25 @@ def test_missing_shard(tmp_path):
     convert_fails(src, tmp_path, "model-00002-of-00002.safetensors")
 
 
+@pytest.mark.parametrize("fname", ["config.json", "tokenizer.json", "model.safetensors"])
+def test_unreadable_input_is_named(ckpt, tmp_path, fname):
+    (ckpt / fname).unlink()
+    (ckpt / fname).mkdir()          # exists, but cannot be read as a file
+    err = convert_fails(ckpt, tmp_path, fname)
+    assert "cannot read" in str(err)
+
+
+def test_output_folder_that_cannot_be_made(ckpt, tmp_path):
+    blocker = tmp_path / "afile"
+    blocker.write_text("not a folder")
+    out = blocker / "m.gguf"
+    r = subprocess.run([sys.executable, "-m", "nemocpu", "convert", str(ckpt), "-o", str(out), "--outtype", "q8_0",
+                        "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert str(out) in r.stderr and "cannot create the output" in r.stderr, r.stderr
+    assert blocker.read_text() == "not a folder"
+
+
 def test_unknown_outtype(ckpt, tmp_path):
     with pytest.raises(ConversionError, match="q5_k"):
         convert(ckpt, tmp_path / "m.gguf", outtype="q5_k", progress=False)

@@ -50,6 +50,8 @@ def read_json(path: Path) -> dict:
         raise ConversionError(path, "file not found") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConversionError(path, f"not valid JSON: {e}") from None
+    except OSError as e:      # a directory, no permission, an I/O error
+        raise ConversionError(path, f"cannot read: {e.strerror or e}") from None
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,12 @@ class StoredTensor:
         """Elements [start, start+count) of the flattened tensor, in the stored dtype."""
         count = self.n_elements - start if count is None else count
         item = self.np_dtype.itemsize
-        with open(self.path, "rb") as f:
-            f.seek(self.offset + start * item)
-            buf = f.read(count * item)
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset + start * item)
+                buf = f.read(count * item)
+        except OSError as e:  # not "writing failed": the converter reports OSErrors of the output so
+            raise ConversionError(self.path, f"cannot read tensor {self.name!r}: {e.strerror or e}") from None
         if len(buf) != count * item:
             raise ConversionError(self.path, f"tensor {self.name!r} is truncated")
         return np.frombuffer(buf, dtype=self.np_dtype)
@@ -87,18 +92,22 @@ class StoredTensor:
 
 
 def _read_safetensors_header(path: Path) -> list[StoredTensor]:
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ConversionError(path, "not a safetensors file (shorter than 8 bytes)")
-        n = int.from_bytes(head, "little")
-        if n > min(size - 8, 100 << 20):
-            raise ConversionError(path, f"not a safetensors file (header length {n} exceeds the file)")
-        try:
-            header = json.loads(f.read(n))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConversionError(path, f"corrupt safetensors header: {e}") from None
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ConversionError(path, "not a safetensors file (shorter than 8 bytes)")
+            n = int.from_bytes(head, "little")
+            if n > min(size - 8, 100 << 20):
+                raise ConversionError(path, f"not a safetensors file (header length {n} exceeds the file)")
+            raw = f.read(n)
+    except OSError as e:      # a directory, no permission, an I/O error
+        raise ConversionError(path, f"cannot read: {e.strerror or e}") from None
+    try:
+        header = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConversionError(path, f"corrupt safetensors header: {e}") from None
     data_start = 8 + n
     out = []
     for name, meta in header.items():

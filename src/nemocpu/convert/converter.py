@@ -241,8 +241,10 @@ def convert(hf_dir, out_path, outtype: str = "auto", progress: bool = True) -> P
         raise ConversionError(None, f"unknown output type {outtype!r} (choose from {', '.join(ty.OUTTYPES)})")
     ckpt = HFCheckpoint(hf_dir)
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        if not (ckpt.dir / name).is_file():
-            raise ConversionError(ckpt.dir / name, "file not found (the tokenizer is part of the GGUF)")
+        path = ckpt.dir / name
+        if not path.is_file():
+            problem = "cannot read: not a regular file" if path.exists() else "file not found"
+            raise ConversionError(path, f"{problem} (the tokenizer is part of the GGUF)")
     plan = plan_tensors(ckpt)
     auto = _auto_type(ckpt)
     for p in plan:
@@ -252,10 +254,14 @@ def convert(hf_dir, out_path, outtype: str = "auto", progress: bool = True) -> P
     out = Path(out_path)
     if out.is_dir():
         raise ConversionError(out, "is a directory; give the output file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for part in remove_stale_parts(out):
-        print(f"removed {part}: the partial output of a conversion that was killed", file=sys.stderr)
-    fd, tmp_name = tempfile.mkstemp(prefix=_part_prefix(out), suffix=".part", dir=out.parent)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for part in remove_stale_parts(out):
+            print(f"removed {part}: the partial output of a conversion that was killed", file=sys.stderr)
+        fd, tmp_name = tempfile.mkstemp(prefix=_part_prefix(out), suffix=".part", dir=out.parent)
+    except OSError as e:      # a folder that cannot be made or written to
+        where = f" ({e.filename})" if e.filename and str(e.filename) != str(out) else ""
+        raise ConversionError(out, f"cannot create the output: {e.strerror or e}{where}") from None
     tmp = Path(tmp_name)
     try:
         umask = os.umask(0)
