@@ -104,6 +104,31 @@ def test_endless_template_stops_at_the_time_limit():
     assert time.monotonic() - t0 < 5
 
 
+def test_one_long_c_step_is_stopped_and_the_renderer_comes_back():
+    """9 ** 99999999 is one C call holding the GIL; jinja would also fold it while compiling.
+    Loading (parse only) is instant; rendering is killed at the limit; the next render works."""
+    t0 = time.monotonic()
+    t = ChatTemplate("{{ 9 ** 99999999 }}", timeout_s=1.0)
+    assert time.monotonic() - t0 < 1
+    with pytest.raises(ChatTemplateError, match="did not finish within 1.0 s"):
+        t.render([U1])
+    assert time.monotonic() - t0 < 10
+    assert ChatTemplate("{{ messages[0].content }}!").render([U1]) == U1["content"] + "!"
+
+
+def test_in_process_fallback_renders_and_warns(monkeypatch):
+    import nemocpu.chat_template as ct
+
+    monkeypatch.setenv("NEMOCPU_TEMPLATE_PROCESS", "0")
+    monkeypatch.setattr(ct, "_warned_in_process", False)
+    with pytest.warns(RuntimeWarning, match="render in this process"):
+        assert ChatTemplate("{{ messages[0].content }}?").render([U1]) == U1["content"] + "?"
+    t = ChatTemplate("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x",
+                     timeout_s=0.5)
+    with pytest.raises(ChatTemplateError, match="did not finish"):
+        t.render([U1])
+
+
 def test_sandbox_blocks_python_internals():
     t = ChatTemplate("{{ messages.__class__.__mro__ }}")
     with pytest.raises(ChatTemplateError):

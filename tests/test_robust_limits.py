@@ -4,6 +4,7 @@ template is hostile code: the public API refuses cleanly and in bounded time."""
 from __future__ import annotations
 
 import struct
+import sys
 import time
 
 import numpy as np
@@ -109,6 +110,12 @@ HOSTILE_TEMPLATES = {
     "globals": ("{{ raise_exception.__globals__['os'].system('touch /tmp/nemocpu-pwned') }}", "chat template"),
     "namespace_underscore": ("{% set ns = namespace(__class__=1) %}{{ ns }}", "underscore"),
     "huge_output": ("{% for i in range(1000) %}{% for j in range(1000) %}{{ 'x' * 100 }}{% endfor %}{% endfor %}", "exceeds"),
+    # single C-level steps that hold the GIL: only killing the renderer process stops them
+    "big_power": ("{% set e = 99999999 %}{{ 9 ** e }}", "did not finish"),
+    "constant_folded_power": ("{{ 9 ** 99999999 }}", "did not finish"),     # jinja folds it while compiling
+    "list_compare": ("{% set a = ['a' * 1000000] * 100000 %}{% set b = ['a' * 1000000] * 100000 %}{{ a == b }}",
+                     "did not finish"),
+    "memory": ("{{ 'a' * 10**10 }}", "memory" if sys.platform == "linux" else "chat template"),
 }
 
 

@@ -6,19 +6,29 @@ trim_blocks + lstrip_blocks and loop controls, its ``tojson`` (no HTML escaping,
 kept), ``raise_exception``, ``strftime_now``, restricted ``dict``/``namespace``; messages
 without None-valued keys, reasoning aliased to ``reasoning_content``; the tokenizer's
 special-token strings (``bos_token``, ...) as variables. Templates are code from strangers:
-rendering runs with a time limit and an output size limit.
+they are compiled and rendered in a child process (template_worker.py says why) that is killed
+when the time limit passes, under a memory limit and an output size limit. The parent only
+parses the source, to report syntax errors when the model loads.
 """
 
 from __future__ import annotations
 
 import ctypes
 import json
+import os
+import pickle
+import queue
 import re
+import struct
+import subprocess
+import sys
 import threading
-from datetime import datetime
+import warnings
 from typing import Any, Mapping
 
+from . import template_worker
 from .errors import ModelFileError, NemocpuError
+from .template_worker import _build_environment
 
 DEFAULT_TIMEOUT_S = 5.0
 MAX_OUTPUT_CHARS = 50_000_000
@@ -36,67 +46,99 @@ class _RenderTimeout(BaseException):
     pass
 
 
-def _build_environment():
-    import jinja2
-    import jinja2.ext
-    import jinja2.utils
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+def _read_exact(f, n: int) -> bytes | None:
+    return template_worker._read_exact(f, n)
 
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
 
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+class _RenderProcess:
+    """The child process that renders templates (one per nemocpu process, shared by all
+    templates and threads; requests are serialized). Started on first use, killed on a
+    timeout and started again by the next render."""
 
-    def strftime_now(fmt):
-        return datetime.now().strftime(fmt)
+    START_TIMEOUT_S = 60.0
 
-    class TemplateDict:
-        # Only construction: no attribute access into the dict type from templates.
-        def __call__(self, *args, **kwargs):
-            return dict(*args, **kwargs)
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._replies: queue.Queue | None = None
 
-        def fromkeys(self, *args, **kwargs):
-            return dict.fromkeys(*args, **kwargs)
+    def available(self) -> bool:
+        # A frozen application's sys.executable is the application, not a Python.
+        return os.environ.get("NEMOCPU_TEMPLATE_PROCESS", "1") != "0" and not getattr(sys, "frozen", False) \
+            and bool(sys.executable)
 
-    class TemplateNamespace(jinja2.utils.Namespace):
-        # Namespaces reject underscore attributes (a path to CPython internals).
-        def __init__(*args, **kwargs):
-            self, args = args[0], args[1:]
-            attrs = dict(*args, **kwargs)
-            for name in attrs:
-                TemplateNamespace._check_name(name)
-            jinja2.utils.Namespace.__init__(self, attrs)
+    def _start(self) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if isinstance(p, str) and p))
+        kw = {"start_new_session": True} if os.name == "posix" else \
+            {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+        # its own session: a Ctrl-C at the terminal is the chat's to handle, not the renderer's
+        self._proc = subprocess.Popen([sys.executable, "-s", template_worker.__file__], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, **kw)
+        self._replies = queue.Queue()
+        threading.Thread(target=self._read_replies, args=(self._proc.stdout, self._replies),
+                         name="nemocpu-chat-template-replies", daemon=True).start()
+        try:
+            ready = self._replies.get(timeout=self.START_TIMEOUT_S)
+        except queue.Empty:
+            ready = None
+        if ready != b"":
+            self._stop()
+            raise OSError("the chat template renderer process did not start")
 
-        def __setitem__(self, name, value):
-            TemplateNamespace._check_name(name)
-            jinja2.utils.Namespace.__setitem__(self, name, value)
+    @staticmethod
+    def _read_replies(f, replies: queue.Queue) -> None:
+        while True:
+            head = _read_exact(f, 8)
+            data = None if head is None else _read_exact(f, struct.unpack("<Q", head)[0])
+            replies.put(data)
+            if data is None:
+                return
 
-        @staticmethod
-        def _check_name(name):
-            if isinstance(name, str) and name.startswith("_"):
-                raise jinja2.exceptions.SecurityError(f"templates cannot set underscore attribute {name!r}")
+    def _stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None:
+            proc.kill()
+            proc.wait()
+            for f in (proc.stdin, proc.stdout):
+                try:
+                    f.close()
+                except OSError:
+                    pass
 
-    class GenerationTag(jinja2.ext.Extension):
-        # transformers' {% generation %} marks assistant text for training masks; rendering ignores it.
-        tags = {"generation"}
+    def forget(self) -> None:
+        """In a forked child: the process and its pipes belong to the parent."""
+        self._lock = threading.Lock()
+        self._proc = None
 
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
-            return jinja2.nodes.CallBlock(self.call_method("_passthrough"), [], [], body).set_lineno(lineno)
+    def render(self, source: str, variables: dict, timeout_s: float, max_chars: int) -> str:
+        payload = pickle.dumps({"source": source, "variables": variables, "max_chars": max_chars},
+                               protocol=pickle.HIGHEST_PROTOCOL)
+        with self._lock:
+            if self._proc is None or self._proc.poll() is not None:
+                self._stop()
+                self._start()
+            try:
+                self._proc.stdin.write(struct.pack("<Q", len(payload)) + payload)
+                self._proc.stdin.flush()
+                data = self._replies.get(timeout=timeout_s)
+            except queue.Empty:
+                self._stop()
+                raise ChatTemplateError(f"chat template did not finish within {timeout_s} s") from None
+            except OSError:
+                data = None
+            if data is None:    # it died: the kernel's OOM killer, a crash of the interpreter
+                self._stop()
+                raise ChatTemplateError("the chat template's renderer process died while rendering")
+        reply = json.loads(data)
+        if "error" in reply:
+            raise ChatTemplateError(reply["error"])
+        return reply["text"]
 
-        def _passthrough(self, caller):
-            return caller()
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[GenerationTag, jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = strftime_now
-    env.globals["dict"] = TemplateDict()
-    env.globals["namespace"] = TemplateNamespace
-    return env
+_render_process = _RenderProcess()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_render_process.forget)
+_warned_in_process = False
 
 
 def _plain(value: Any) -> Any:
@@ -145,10 +187,13 @@ class ChatTemplate:
         self.path = path
         self.timeout_s = timeout_s
         self.special_tokens = dict(special_tokens or {})
-        try:
-            self._template = _build_environment().from_string(source)
+        try:   # parse only: compiling folds constants, which is running the template's code
+            _build_environment().parse(source)
         except jinja2.TemplateSyntaxError as e:
             raise ModelFileError(path, f"chat template has a syntax error at line {e.lineno}: {e.message}") from None
+        except Exception as e:      # e.g. an integer literal too long to convert
+            raise ModelFileError(path, f"chat template cannot be parsed: {type(e).__name__}: {e}") from None
+        self._template = None       # compiled on first use only where rendering stays in-process
 
     @classmethod
     def from_metadata(cls, kv: Mapping, tokenizer=None, path=None, **kw) -> "ChatTemplate":
@@ -180,8 +225,25 @@ class ChatTemplate:
 
     # ---- limits -----------------------------------------------------------------------
     def _render_with_limits(self, variables: dict) -> str:
+        global _warned_in_process
+        if _render_process.available():
+            try:
+                return _render_process.render(self.source, variables, self.timeout_s, MAX_OUTPUT_CHARS)
+            except OSError as e:
+                reason = str(e)
+        else:
+            reason = "NEMOCPU_TEMPLATE_PROCESS=0 or a frozen application"
+        if not _warned_in_process:
+            _warned_in_process = True
+            warnings.warn(f"nemocpu: chat templates render in this process ({reason}): the time limit "
+                          "cannot stop a single long C-level operation", RuntimeWarning, stacklevel=3)
+        return self._render_in_thread(variables)
+
+    def _render_in_thread(self, variables: dict) -> str:
         import jinja2
 
+        if self._template is None:
+            self._template = _build_environment().from_string(self.source)
         result: dict[str, Any] = {}
 
         def work():
