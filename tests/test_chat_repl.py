@@ -103,6 +103,13 @@ def test_load_restores_a_saved_conversation(tmp_path):
     child.sendline("/load /nonexistent/file.json")
     child.expect_exact("cannot load /nonexistent/file.json")
     child.expect_exact(PROMPT)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"messages": [], "thinking_budget": "abc"}))
+    child.sendline(f"/load {bad}")
+    child.expect_exact("thinking_budget must be a non-negative integer")
+    child.expect_exact(PROMPT)
+    out = saved(child, tmp_path / "after-bad.json")      # the conversation was kept
+    assert out["system"] == "Be brief." and len(out["messages"]) == 2
     child.sendline("/exit")
     child.expect(pexpect.EOF)
 
@@ -133,5 +140,7 @@ def test_bad_settings_and_overlong_prompts_fail_cleanly(tmp_path):
     assert r.returncode == 1 and "top_p" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(base + ["-p", "word " * 600, "--n-ctx", "256"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "the context holds 256" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(base + ["-p", "hi", "--max-tokens", "-1"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "--max-tokens must be >= 0" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(base + [str(tmp_path / "missing.gguf"), "-p", "hi"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and "missing.gguf" in r.stderr and "Traceback" not in r.stderr

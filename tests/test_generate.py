@@ -81,6 +81,25 @@ def test_stop_token_ids_override():
     assert r.text == "a" and r.token_ids[-1] == b_id and r.finish_reason == "stop"
 
 
+def test_chat_stop_token_ids_add_to_the_end_of_turn():
+    m = FakeModel("2 plus 3 is 5.\n</think>\n2 + 3 = 5")
+    plus = m.tokenizer.encode(" +")[0]
+    r = chat(m, USER, stop_token_ids=[plus])
+    assert r.token_ids[-1] == plus and r.finish_reason == "stop" and r.text == "2"
+
+
+@pytest.mark.parametrize("name, value", [("thinking_budget", -1), ("thinking_budget", "x"), ("thinking_budget", True),
+                                         ("max_tokens", -1), ("max_tokens", 2.5)])
+def test_bad_counts_are_refused_before_generating(name, value):
+    m = FakeModel("2 + 3 = 5")
+    with pytest.raises(ValueError, match=f"{name} must be a non-negative integer"):
+        chat(m, USER, **{name: value})
+    conv = Conversation(m)
+    with pytest.raises(ValueError, match=name):
+        conv.send("hi", **{name: value})
+    assert conv.messages == []        # the refused message is not left in the history
+
+
 @pytest.mark.parametrize("budget", [0, 2, 5])
 def test_thinking_budget_ends_the_thought_at_a_line_end(budget):
     m = FakeModel("l1\nl2\nl3\nl4\nl5\nl6\n</think>\nanswer")

@@ -176,8 +176,8 @@ class Generation:
     def __init__(self, model, cache: PrefixCache, prompt_ids: list[int], sampler: Sampler, *,
                  max_tokens: int | None, stop: list[str] | None, stop_token_ids, reasoning: bool,
                  parse_reasoning: bool, thinking_budget: int | None, boundaries=(), tools=None):
-        if max_tokens is not None and (not isinstance(max_tokens, numbers.Integral) or max_tokens < 0):
-            raise ValueError(f"max_tokens must be a non-negative integer or None, got {max_tokens!r}")
+        check_count("max_tokens", max_tokens)
+        check_count("thinking_budget", thinking_budget)
         self.model, self.cache, self.prompt_ids, self.sampler = model, cache, list(prompt_ids), sampler
         self.max_tokens, self.stop, self.stop_ids = max_tokens, stop, set(stop_token_ids)
         self.reasoning, self.parse_reasoning = reasoning, parse_reasoning
@@ -290,6 +290,12 @@ class Generation:
 # ------------------------------------------------------------------------------------
 # Public entry points
 # ------------------------------------------------------------------------------------
+def check_count(name: str, value) -> None:
+    """max_tokens / thinking_budget: None or an integer >= 0 (a bool is not a count)."""
+    if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0):
+        raise ValueError(f"{name} must be a non-negative integer or None, got {value!r}")
+
+
 SAMPLING_ARGS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
                  "frequency_penalty", "penalty_last_n", "seed")
 
@@ -347,14 +353,18 @@ def encode_chat(model, messages, *, sanitize: bool = True, **render_kwargs) -> t
 
 
 def chat(model, messages, enable_thinking: bool = True, thinking_budget: int | None = None, tools=None,
-         stream: bool = False, *, max_tokens: int | None = None, stop=None, cache: PrefixCache | None = None,
-         template_kwargs: dict | None = None, sanitize: bool = True, **sampling):
+         stream: bool = False, *, max_tokens: int | None = None, stop=None, stop_token_ids=None,
+         cache: PrefixCache | None = None, template_kwargs: dict | None = None, sanitize: bool = True,
+         **sampling):
     """One assistant turn for ``messages`` through the model's chat template.
 
     Returns a GenerationResult (``.text``, ``.reasoning``, ``.tool_calls``, counts, timings)
     or, with ``stream=True``, a Generation yielding Chunk(kind="reasoning"|"content", text).
     Sampling defaults to the model's recommendation for the mode the prompt ends in.
-    Control tokens inside messages are plain text unless ``sanitize=False``."""
+    Control tokens inside messages are plain text unless ``sanitize=False``. Generation ends
+    at the model's end-of-turn tokens and at ``stop_token_ids``, if given, too."""
+    check_count("max_tokens", max_tokens)
+    check_count("thinking_budget", thinking_budget)
     tok = model.tokenizer
     kw = dict(template_kwargs or {}, enable_thinking=enable_thinking, tools=tools)
     text, ids = encode_chat(model, messages, sanitize=sanitize, **kw)
@@ -364,7 +374,8 @@ def chat(model, messages, enable_thinking: bool = True, thinking_budget: int | N
     boundaries = [len(history)] if ids[:len(history)] == history else []
     reasoning = prompt_has_open_think(text) and tok.token_to_id(THINK_CLOSE) is not None
     gen = Generation(model, cache or _model_cache(model), ids, _sampler(model, reasoning, sampling),
-                     max_tokens=max_tokens, stop=stop, stop_token_ids=tok.eos_ids, reasoning=reasoning,
+                     max_tokens=max_tokens, stop=stop, stop_token_ids={*tok.eos_ids, *(stop_token_ids or ())},
+                     reasoning=reasoning,
                      parse_reasoning=True, thinking_budget=thinking_budget if reasoning else None,
                      boundaries=boundaries, tools=tools)
     return gen if stream else gen.finish()
@@ -390,7 +401,11 @@ class Conversation:
 
     def send(self, user_text: str, stream: bool = False, **overrides):
         self.messages.append({"role": "user", "content": user_text})
-        return self._reply(stream, overrides)
+        try:
+            return self._reply(stream, overrides)
+        except BaseException:     # refused before anything was generated (bad argument, template)
+            self.messages.pop()
+            raise
 
     def regenerate(self, stream: bool = False, **overrides):
         """Drop the last assistant reply and answer the last user message again."""

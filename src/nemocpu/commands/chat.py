@@ -11,6 +11,8 @@ import json
 import os
 import sys
 
+from nemocpu.errors import NemocpuError
+
 HELP = """commands:
   /think, /no_think   turn reasoning on / off
   /budget N | off     end reasoning after about N tokens
@@ -55,13 +57,13 @@ def register(sub) -> None:
 
 def main(args) -> int:
     import nemocpu
-    from nemocpu.errors import NemocpuError
     from nemocpu.generate import Conversation
 
     sampling = {k: getattr(args, k) for k in ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                                               "presence_penalty", "frequency_penalty", "seed")}
-    if args.think_budget is not None and args.think_budget < 0:
-        raise NemocpuError("--think-budget must be >= 0")
+    for flag, value in (("--think-budget", args.think_budget), ("--max-tokens", args.max_tokens)):
+        if value is not None and value < 0:
+            raise NemocpuError(f"{flag} must be >= 0")
     model = nemocpu.load(args.model, threads=args.threads, n_ctx=args.n_ctx, device=args.device)
     try:
         from nemocpu.sampling import recommended_params
@@ -129,7 +131,7 @@ class ChatRepl:
             self.write((RESET if self.tty else "") + "\n")
             self.info("[interrupted]")
             return True
-        except ValueError as e:      # e.g. the conversation no longer fits in the context
+        except (ValueError, NemocpuError) as e:  # the context is full; the template failed; ...
             self.write((RESET if self.tty else "") + "\n")
             hint = "; /reset starts over" if "context" in str(e) else ""
             self.info(f"[error: {e}{hint}]")
@@ -295,6 +297,8 @@ class ChatRepl:
         self.info(f"[saved {len(c.messages)} messages to {path}]")
 
     def _load(self, path: str) -> None:
+        from nemocpu.generate import check_count
+
         if not path:
             self.info("usage: /load FILE")
             return
@@ -304,12 +308,16 @@ class ChatRepl:
             messages = data["messages"]
             if not isinstance(messages, list) or not all(isinstance(m, dict) and "role" in m for m in messages):
                 raise ValueError("'messages' must be a list of {role, content} objects")
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            system, budget = data.get("system"), data.get("thinking_budget")
+            if system is not None and not isinstance(system, str):
+                raise ValueError("'system' must be a string")
+            check_count("thinking_budget", budget)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             self.info(f"cannot load {path}: {e}")
             return
         c = self.conv
         c.messages = list(messages)
-        c.system = data.get("system")
+        c.system = system
         c.enable_thinking = bool(data.get("enable_thinking", c.enable_thinking))
-        c.thinking_budget = data.get("thinking_budget")
+        c.thinking_budget = budget
         self.info(f"[loaded {len(messages)} messages from {path}]")
