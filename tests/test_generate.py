@@ -3,6 +3,7 @@ conditions, thinking budget, streaming == non-streaming, prefix reuse across tur
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from fake_model import FakeModel
@@ -145,6 +146,33 @@ def test_prefix_cache_reuses_the_longest_prefix():
     assert reused == 2
     _, reused = cache.prefill([7])
     assert reused == 0 and cache.session.tokens == [7]
+
+
+def test_prefix_cache_evaluates_long_prompts_in_chunks_and_survives_a_ctrl_c():
+    import nemocpu.prefix_cache as pc
+
+    m = FakeModel("x", n_ctx=2048)
+    session = m.session()
+    calls = []
+    real_eval = session.eval
+
+    def eval_then_interrupt(ids, all_logits=False):
+        calls.append(len(ids))
+        out = real_eval(ids, all_logits)
+        if len(calls) == 2:
+            raise KeyboardInterrupt       # what Python raises once the C call returns
+        return out
+    session.eval = eval_then_interrupt
+    cache = PrefixCache(session)
+    ids = [5 + i % 20 for i in range(2 * pc.PREFILL_CHUNK + 30)]
+    with pytest.raises(KeyboardInterrupt):
+        cache.prefill(ids)
+    assert calls == [pc.PREFILL_CHUNK, pc.PREFILL_CHUNK]      # stopped after the chunk it was in
+    session.eval = real_eval
+    logits, reused = cache.prefill(ids)                       # the interrupted state is not trusted
+    assert reused == 0 and session.tokens == ids
+    every = PrefixCache(m.session()).eval(ids, all_logits=True)
+    assert every.shape[0] == len(ids) and np.array_equal(every[-1], logits[-1])
 
 
 def test_conversation_turns_cost_only_their_new_tokens():

@@ -68,3 +68,17 @@ def test_embedded_default_model_runs(tiny_reference):
     p = tiny_reference["prompts"][1]
     s, n = agreement(model, p["prompt_token_ids"], p["greedy_token_ids"])
     assert s / n >= 0.9
+
+
+def test_chat_prefill_in_chunks_is_bit_identical():
+    """The chat path evaluates prompts in PREFILL_CHUNK pieces (so Ctrl-C can land); on the CPU
+    that is the engine's own prefill step, so the logits are the same bits as one call."""
+    import numpy as np
+
+    from nemocpu.prefix_cache import PREFILL_CHUNK, PrefixCache
+
+    model = nemocpu.load(threads=2, n_ctx=2048)
+    ids = np.random.default_rng(0).integers(10, 4000, 2 * PREFILL_CHUNK + 188).tolist()
+    whole = model.session().eval(ids, all_logits=True)
+    chunked = PrefixCache(model.session()).eval(ids, all_logits=True)
+    assert np.array_equal(whole, chunked)

@@ -15,11 +15,22 @@ import threading
 import numpy as np
 
 
+PREFILL_CHUNK = 256        # tokens per engine call on the CPU (csrc/model/engine.cpp kMaxUbatch)
+PREFILL_CHUNK_GPU = 4096   # a GPU wants long prefills and runs this many in well under a second
+
+
+def _prefill_chunk(session) -> int:
+    from . import _core
+    engine = getattr(getattr(session, "model", None), "_engine", None)
+    return PREFILL_CHUNK if engine is None or isinstance(engine, _core.Engine) else PREFILL_CHUNK_GPU
+
+
 class PrefixCache:
     """A Session plus the tokens its state holds and snapshots at known prefixes."""
 
     def __init__(self, session, max_snapshots: int = 8):
         self.session = session
+        self.chunk = _prefill_chunk(session)
         self.max_snapshots = max_snapshots
         self.tokens: list[int] = []          # what the session state currently holds
         self._snaps: list[tuple[tuple[int, ...], object]] = []
@@ -32,11 +43,19 @@ class PrefixCache:
         return self.session.n_ctx
 
     def eval(self, ids, all_logits: bool = False) -> np.ndarray:
-        self._dirty = True
-        out = self.session.eval(ids, all_logits)
-        self.tokens.extend(int(i) for i in ids)
-        self._dirty = False
-        return out
+        # In chunks: a C++ eval cannot be interrupted, and Python delivers a Ctrl-C only when it
+        # returns, so a long prompt would otherwise keep a chat deaf to Ctrl-C for minutes. The
+        # chunk is the CPU engine's own prefill step, so the arithmetic is the same.
+        ids = [int(i) for i in ids]
+        outs = []
+        for i in range(0, max(len(ids), 1), self.chunk):
+            part = ids[i:i + self.chunk]
+            self._dirty = True
+            out = self.session.eval(part, all_logits)
+            self.tokens.extend(part)
+            self._dirty = False
+            outs.append(out)
+        return np.concatenate(outs) if all_logits and len(outs) > 1 else out
 
     def snapshot_here(self) -> None:
         key = tuple(self.tokens)
