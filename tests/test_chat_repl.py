@@ -114,6 +114,34 @@ def test_load_restores_a_saved_conversation(tmp_path):
     child.expect(pexpect.EOF)
 
 
+def test_help_system_budget_regen_and_history(tmp_path):
+    child = spawn(tmp_path, "--temp", "0")
+    child.sendline("/help")
+    child.expect_exact("/budget N")
+    child.expect_exact(PROMPT)
+    child.sendline("/system Be brief.")
+    child.expect_exact("[system prompt set]")
+    child.expect_exact(PROMPT)
+    child.sendline("/budget 2")
+    child.expect_exact("[reasoning budget 2 tokens]")
+    child.expect_exact(PROMPT)
+    ask(child, "Calculate 401 + 50.")
+    first = saved(child, tmp_path / "one.json")
+    assert first["system"] == "Be brief." and first["thinking_budget"] == 2
+    user, answer = first["messages"]
+    # the full reasoning is three lines (README); a budget of 2 tokens ends it at the first line end
+    assert answer["reasoning_content"].strip().count("\n") == 0, answer
+    child.sendline("/regen")
+    child.expect(r"\d+ tokens at [\d.]+ t/s")
+    child.expect_exact(PROMPT)
+    again = saved(child, tmp_path / "two.json")
+    assert again["messages"][0] == user and len(again["messages"]) == 2
+    assert again["messages"][1] == answer            # greedy: the same reply again, not a second one
+    child.sendline("/exit")
+    child.expect(pexpect.EOF)
+    assert "Calculate 401 + 50." in (tmp_path / "history").read_text()
+
+
 def test_plain_mode_reads_stdin_and_prints_answers(tmp_path):
     import subprocess
     inp = 'Calculate 401 + 50.\n/no_think\n"""\nWhat is\n55 × 4?\n"""\n'
