@@ -116,6 +116,18 @@ def test_one_long_c_step_is_stopped_and_the_renderer_comes_back():
     assert ChatTemplate("{{ messages[0].content }}!").render([U1]) == U1["content"] + "!"
 
 
+def test_ctrl_c_while_rendering_does_not_leak_the_reply_into_the_next_render():
+    import _thread
+    import threading
+
+    slow = ChatTemplate("{% for i in range(3000) %}{% for j in range(3000) %}{% endfor %}{% endfor %}slow",
+                        timeout_s=30)
+    threading.Timer(0.5, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        slow.render([U1])
+    assert ChatTemplate("fast {{ messages[0].content }}").render([U1]) == "fast " + U1["content"]
+
+
 def test_in_process_fallback_renders_and_warns(monkeypatch):
     import nemocpu.chat_template as ct
 

@@ -126,6 +126,9 @@ class _RenderProcess:
                 raise ChatTemplateError(f"chat template did not finish within {timeout_s} s") from None
             except OSError:
                 data = None
+            except BaseException:   # Ctrl-C while waiting: its late reply must not answer the next request
+                self._stop()
+                raise
             if data is None:    # it died: the kernel's OOM killer, a crash of the interpreter
                 self._stop()
                 raise ChatTemplateError("the chat template's renderer process died while rendering")
