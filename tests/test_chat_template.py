@@ -120,9 +120,10 @@ def test_ctrl_c_while_rendering_does_not_leak_the_reply_into_the_next_render():
     import _thread
     import threading
 
-    slow = ChatTemplate("{% for i in range(3000) %}{% for j in range(3000) %}{% endfor %}{% endfor %}slow",
+    # endless, so that the interrupt surely lands while the parent waits for the reply
+    slow = ChatTemplate("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}slow",
                         timeout_s=30)
-    threading.Timer(0.5, _thread.interrupt_main).start()
+    threading.Timer(1.0, _thread.interrupt_main).start()
     with pytest.raises(KeyboardInterrupt):
         slow.render([U1])
     assert ChatTemplate("fast {{ messages[0].content }}").render([U1]) == "fast " + U1["content"]
