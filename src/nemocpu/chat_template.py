@@ -23,6 +23,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from typing import Any, Mapping
 
@@ -110,6 +111,16 @@ class _RenderProcess:
         self._lock = threading.Lock()
         self._proc = None
 
+    def _wait_for_reply(self, timeout_s: float):
+        # in short slices: a Ctrl-C is only delivered between them (a lock wait does not return for it)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self._replies.get(timeout=min(0.1, max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                if time.monotonic() >= deadline:
+                    raise
+
     def render(self, source: str, variables: dict, timeout_s: float, max_chars: int) -> str:
         payload = pickle.dumps({"source": source, "variables": variables, "max_chars": max_chars},
                                protocol=pickle.HIGHEST_PROTOCOL)
@@ -120,7 +131,7 @@ class _RenderProcess:
             try:
                 self._proc.stdin.write(struct.pack("<Q", len(payload)) + payload)
                 self._proc.stdin.flush()
-                data = self._replies.get(timeout=timeout_s)
+                data = self._wait_for_reply(timeout_s)
             except queue.Empty:
                 self._stop()
                 raise ChatTemplateError(f"chat template did not finish within {timeout_s} s") from None
