@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 from . import template_worker
 from .errors import ModelFileError, NemocpuError
-from .template_worker import _build_environment
+from .template_worker import build_environment, read_exact
 
 DEFAULT_TIMEOUT_S = 5.0
 MAX_OUTPUT_CHARS = 50_000_000
@@ -45,10 +45,6 @@ class ChatTemplateError(NemocpuError):
 class _RenderTimeout(BaseException):
     # BaseException so that template code cannot swallow it with a generic handler.
     pass
-
-
-def _read_exact(f, n: int) -> bytes | None:
-    return template_worker._read_exact(f, n)
 
 
 class _RenderProcess:
@@ -89,8 +85,8 @@ class _RenderProcess:
     @staticmethod
     def _read_replies(f, replies: queue.Queue) -> None:
         while True:
-            head = _read_exact(f, 8)
-            data = None if head is None else _read_exact(f, struct.unpack("<Q", head)[0])
+            head = read_exact(f, 8)
+            data = None if head is None else read_exact(f, struct.unpack("<Q", head)[0])
             replies.put(data)
             if data is None:
                 return
@@ -202,7 +198,7 @@ class ChatTemplate:
         self.timeout_s = timeout_s
         self.special_tokens = dict(special_tokens or {})
         try:   # parse only: compiling folds constants, which is running the template's code
-            _build_environment().parse(source)
+            build_environment().parse(source)
         except jinja2.TemplateSyntaxError as e:
             raise ModelFileError(path, f"chat template has a syntax error at line {e.lineno}: {e.message}") from None
         except Exception as e:      # e.g. an integer literal too long to convert
@@ -257,7 +253,7 @@ class ChatTemplate:
         import jinja2
 
         if self._template is None:
-            self._template = _build_environment().from_string(self.source)
+            self._template = build_environment().from_string(self.source)
         result: dict[str, Any] = {}
 
         def work():

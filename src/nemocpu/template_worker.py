@@ -26,7 +26,7 @@ MEMORY_LIMIT_BYTES = 4 << 30      # address space of the child (Linux; ignored w
 MAX_COMPILED = 8                  # templates kept compiled
 
 
-def _build_environment():
+def build_environment():
     import jinja2
     import jinja2.ext
     import jinja2.utils
@@ -115,7 +115,7 @@ def _render(env, cache: dict, source: str, variables: dict, max_chars: int) -> d
         return {"error": f"chat template failed: {type(e).__name__}: {e}"}
 
 
-def _read_exact(f, n: int) -> bytes | None:
+def read_exact(f, n: int) -> bytes | None:
     buf = b""
     while len(buf) < n:
         chunk = f.read(n - len(buf))
@@ -133,14 +133,14 @@ def serve(inp, out) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     except (ImportError, ValueError, OSError):
         pass
-    env, cache = _build_environment(), {}
+    env, cache = build_environment(), {}
     out.write(struct.pack("<Q", 0))                  # ready
     out.flush()
     while True:
-        head = _read_exact(inp, 8)
+        head = read_exact(inp, 8)
         if head is None:
             return                                   # the parent closed the pipe or exited
-        request = pickle.loads(_read_exact(inp, struct.unpack("<Q", head)[0]) or b"")
+        request = pickle.loads(read_exact(inp, struct.unpack("<Q", head)[0]) or b"")
         reply = _render(env, cache, request["source"], request["variables"], request["max_chars"])
         data = json.dumps(reply).encode()
         out.write(struct.pack("<Q", len(data)) + data)
