@@ -12,6 +12,8 @@ NANO_TEMPLATE = (SHARED / "reference" / "nemotron-3-nano-chat-template.jinja").r
 
 
 class FakeSession:
+    prefill_step = 256              # as the CPU engine's
+
     def __init__(self, model, n_ctx):
         self.model, self.n_ctx = model, n_ctx
         self.tokens: list[int] = []

@@ -149,10 +149,9 @@ def test_prefix_cache_reuses_the_longest_prefix():
 
 
 def test_prefix_cache_evaluates_long_prompts_in_chunks_and_survives_a_ctrl_c():
-    import nemocpu.prefix_cache as pc
-
     m = FakeModel("x", n_ctx=2048)
     session = m.session()
+    step = session.prefill_step
     calls = []
     real_eval = session.eval
 
@@ -164,10 +163,10 @@ def test_prefix_cache_evaluates_long_prompts_in_chunks_and_survives_a_ctrl_c():
         return out
     session.eval = eval_then_interrupt
     cache = PrefixCache(session)
-    ids = [5 + i % 20 for i in range(2 * pc.PREFILL_CHUNK + 30)]
+    ids = [5 + i % 20 for i in range(2 * step + 30)]
     with pytest.raises(KeyboardInterrupt):
         cache.prefill(ids)
-    assert calls == [pc.PREFILL_CHUNK, pc.PREFILL_CHUNK]      # stopped after the chunk it was in
+    assert calls == [step, step]      # stopped after the chunk it was in
     session.eval = real_eval
     logits, reused = cache.prefill(ids)                       # the interrupted state is not trusted
     assert reused == 0 and session.tokens == ids

@@ -71,14 +71,16 @@ def test_embedded_default_model_runs(tiny_reference):
 
 
 def test_chat_prefill_in_chunks_is_bit_identical():
-    """The chat path evaluates prompts in PREFILL_CHUNK pieces (so Ctrl-C can land); on the CPU
-    that is the engine's own prefill step, so the logits are the same bits as one call."""
+    """The chat path evaluates prompts in pieces of the engine's own prefill step (so Ctrl-C can
+    land), so the logits are the same bits as one call."""
     import numpy as np
 
-    from nemocpu.prefix_cache import PREFILL_CHUNK, PrefixCache
+    from nemocpu.prefix_cache import PrefixCache
 
     model = nemocpu.load(threads=2, n_ctx=2048)
-    ids = np.random.default_rng(0).integers(10, 4000, 2 * PREFILL_CHUNK + 188).tolist()
+    step = model.session().prefill_step
+    assert step == 256
+    ids = np.random.default_rng(0).integers(10, 4000, 2 * step + 188).tolist()
     whole = model.session().eval(ids, all_logits=True)
     chunked = PrefixCache(model.session()).eval(ids, all_logits=True)
     assert np.array_equal(whole, chunked)

@@ -122,6 +122,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("n_vocab", [](PyEngine& e) { return e.eng->hparams().n_vocab; })
       .def_property_readonly("variant", [](PyEngine& e) { return std::string(e.eng->kernels().variant); })
       .def_property_readonly("n_threads", [](PyEngine& e) { return e.eng->n_threads(); })
+      .def_property_readonly("prefill_step", [](PyEngine&) { return Engine::kPrefillStep; },
+                             "tokens per internal prefill chunk")
       .def("memory_report", [](PyEngine& e) { return e.eng->memory_report(); })
       .def_property_readonly("repacks", [](PyEngine& e) { return e.eng->repacks(); },
                              "Q8_0/Q4_0 matrices are repacked (asked for, the variant gains from it, the file has some)")

@@ -151,6 +151,8 @@ void register_cuda(py::module_& m, HParams (*hparams_from_dict)(const py::dict&)
       .def_property_readonly("variant", [](PyCudaEngine&) { return std::string("cuda"); })
       .def_property_readonly("device_name", [](PyCudaEngine& e) { return e.eng->device_name(); })
       .def_property_readonly("n_threads", [](PyCudaEngine& e) { return e.n_threads; })
+      .def_property_readonly("prefill_step", [](PyCudaEngine&) { return CudaEngine::kPrefillStep; },
+                             "tokens per internal prefill chunk")
       .def("memory_report", [](PyCudaEngine& e) { return e.eng->memory_report(); })
       .def_property_readonly("repacks", [](PyCudaEngine&) { return false; },
                              "No lazy repack: the weights are uploaded in the GPU layout at construction")

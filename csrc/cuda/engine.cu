@@ -14,7 +14,6 @@ namespace nemocpu {
 namespace cuda {
 
 namespace {
-constexpr int64_t kUbatch = 1024;     // prefill chunk (bounds scratch; GEMM tiles stay full)
 constexpr int kDecodeSplits = 32;     // split-K blocks per KV head in single-token attention, at most
                                       // (the kernel uses one per 64 keys: mixers.cu attn_decode_kernel)
 
@@ -608,7 +607,7 @@ void CudaEngine::eval(CudaState& st, const int32_t* tokens, int64_t T, bool all_
     st.n_past_ += 1;
     return;
   }
-  const int64_t chunk = std::min<int64_t>(T, kUbatch);
+  const int64_t chunk = std::min<int64_t>(T, kPrefillStep);
   const int64_t logit_rows = all_logits ? chunk : 1;
   if (pre_.cap < chunk || pre_.logit_rows < logit_rows) alloc_scratch(pre_, std::max(chunk, pre_.cap),
                                                                       std::max(logit_rows, pre_.logit_rows));

@@ -61,6 +61,8 @@ class CudaState {
 
 class CudaEngine {
  public:
+  static constexpr int64_t kPrefillStep = 1024;  // prefill chunk (bounds scratch; GEMM tiles stay full)
+
   CudaEngine(const HParams& hp, const TensorMap& tensors, double dt_floor, int device = 0);
   ~CudaEngine();
 

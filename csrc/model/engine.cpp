@@ -11,7 +11,6 @@
 namespace nemocpu {
 
 namespace {
-constexpr int64_t kMaxUbatch = 256;  // prefill runs in chunks of this many tokens (bounds scratch)
 // A chunk handed to a thread should carry at least this many multiply-adds: below it the
 // hand-off costs more than the work (decode of small matrices on many threads).
 constexpr int64_t kMinChunkWork = 1 << 16;
@@ -169,8 +168,8 @@ void Engine::eval(State& st, const int32_t* tokens, int64_t T, bool all_logits, 
   std::lock_guard<std::mutex> lk(eval_mu_);
   const bool clamp_dt = dt_clamp_applies(dt_floor_, st.n_past(), T);
   st.reserve_tokens(st.n_past() + T);
-  for (int64_t t0 = 0; t0 < T; t0 += kMaxUbatch) {
-    const int64_t n = std::min(kMaxUbatch, T - t0);
+  for (int64_t t0 = 0; t0 < T; t0 += kPrefillStep) {
+    const int64_t n = std::min(kPrefillStep, T - t0);
     const bool last = t0 + n == T;
     Pass pass{*this, st, tokens + t0, clamp_dt, all_logits ? logits + t0 * hp_.n_vocab : (last ? logits : nullptr)};
     run_layers(hp_, plan_, pass, n, all_logits);

@@ -37,6 +37,10 @@ struct EngineOptions {
 
 class Engine {
  public:
+  // Prefill runs in chunks of this many tokens (bounds scratch). Callers that split a prompt
+  // themselves (the chat path, so that Ctrl-C can land) split at this step: same arithmetic.
+  static constexpr int64_t kPrefillStep = 256;
+
   // dt_floor: Mamba dt lower clamp applied only in "prefill" evals (n_past == 0 or T > 1),
   // as transformers 5.23 does; 0 = no clamp (NVIDIA / vLLM semantics).
   Engine(const HParams& hp, const TensorMap& tensors, int n_threads, double dt_floor,

@@ -247,6 +247,11 @@ class Session:
     def nbytes(self) -> int:
         return self._state.nbytes
 
+    @property
+    def prefill_step(self) -> int:
+        """Tokens per internal prefill chunk: evals split at multiples of it do the same arithmetic."""
+        return self.model._engine.prefill_step
+
     def eval(self, ids, all_logits: bool = False) -> np.ndarray:
         """Append tokens; return float32 logits [1, n_vocab] for the last one, or [T, n_vocab]."""
         arr = np.asarray(ids)

@@ -14,23 +14,12 @@ import threading
 
 import numpy as np
 
-
-PREFILL_CHUNK = 256        # tokens per engine call on the CPU (csrc/model/engine.cpp kMaxUbatch)
-PREFILL_CHUNK_GPU = 4096   # a GPU wants long prefills and runs this many in well under a second
-
-
-def _prefill_chunk(session) -> int:
-    from . import _core
-    engine = getattr(getattr(session, "model", None), "_engine", None)
-    return PREFILL_CHUNK if engine is None or isinstance(engine, _core.Engine) else PREFILL_CHUNK_GPU
-
-
 class PrefixCache:
     """A Session plus the tokens its state holds and snapshots at known prefixes."""
 
     def __init__(self, session, max_snapshots: int = 8):
         self.session = session
-        self.chunk = _prefill_chunk(session)
+        self.chunk = session.prefill_step
         self.max_snapshots = max_snapshots
         self.tokens: list[int] = []          # what the session state currently holds
         self._snaps: list[tuple[tuple[int, ...], object]] = []
@@ -45,7 +34,7 @@ class PrefixCache:
     def eval(self, ids, all_logits: bool = False) -> np.ndarray:
         # In chunks: a C++ eval cannot be interrupted, and Python delivers a Ctrl-C only when it
         # returns, so a long prompt would otherwise keep a chat deaf to Ctrl-C for minutes. The
-        # chunk is the CPU engine's own prefill step, so the arithmetic is the same.
+        # chunk is the engine's own prefill step, so the arithmetic is the same.
         ids = [int(i) for i in ids]
         outs = []
         for i in range(0, max(len(ids), 1), self.chunk):
