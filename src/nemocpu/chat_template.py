@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 from . import template_worker
 from .errors import ModelFileError, NemocpuError
-from .template_worker import build_environment, read_exact
+from .template_worker import build_environment, read_exact, render_reply
 
 DEFAULT_TIMEOUT_S = 5.0
 MAX_OUTPUT_CHARS = 50_000_000
@@ -139,10 +139,13 @@ class _RenderProcess:
             if data is None:    # it died: the kernel's OOM killer, a crash of the interpreter
                 self._stop()
                 raise ChatTemplateError("the chat template's renderer process died while rendering")
-        reply = json.loads(data)
-        if "error" in reply:
-            raise ChatTemplateError(reply["error"])
-        return reply["text"]
+        return _text_of(json.loads(data))
+
+
+def _text_of(reply: dict) -> str:
+    if "error" in reply:
+        raise ChatTemplateError(reply["error"])
+    return reply["text"]
 
 
 _render_process = _RenderProcess()
@@ -249,30 +252,19 @@ class ChatTemplate:
                           "cannot stop a single long C-level operation", RuntimeWarning, stacklevel=3)
         return self._render_in_thread(variables)
 
-    def _render_in_thread(self, variables: dict) -> str:
-        import jinja2
-
+    def _compiled(self):
         if self._template is None:
             self._template = build_environment().from_string(self.source)
+        return self._template
+
+    def _render_in_thread(self, variables: dict) -> str:
         result: dict[str, Any] = {}
 
         def work():
             try:
-                parts, n = [], 0
-                for chunk in self._template.generate(**variables):
-                    n += len(chunk)
-                    if n > MAX_OUTPUT_CHARS:
-                        raise ChatTemplateError(f"chat template output exceeds {MAX_OUTPUT_CHARS} characters")
-                    parts.append(chunk)
-                result["text"] = "".join(parts)
+                result.update(render_reply(self._compiled, variables, MAX_OUTPUT_CHARS))
             except _RenderTimeout:
-                result["error"] = ChatTemplateError(f"chat template did not finish within {self.timeout_s} s")
-            except ChatTemplateError as e:
-                result["error"] = e
-            except jinja2.TemplateError as e:
-                result["error"] = ChatTemplateError(f"chat template error: {e}")
-            except Exception as e:  # template code can raise anything (TypeError on bad data, ...)
-                result["error"] = ChatTemplateError(f"chat template failed: {type(e).__name__}: {e}")
+                result["error"] = f"chat template did not finish within {self.timeout_s} s"
 
         worker = threading.Thread(target=work, name="nemocpu-chat-template", daemon=True)
         worker.start()
@@ -281,9 +273,7 @@ class ChatTemplate:
             # Jinja compiles to Python bytecode, so an asynchronous exception stops any loop.
             ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(worker.ident), ctypes.py_object(_RenderTimeout))
             worker.join(0.1)
-        if "error" in result:
-            raise result["error"]
-        return result["text"]
+        return _text_of(result)
 
 
 # ------------------------------------------------------------------------------------

@@ -89,17 +89,14 @@ def build_environment():
     return env
 
 
-def _render(env, cache: dict, source: str, variables: dict, max_chars: int) -> dict:
+def render_reply(get_template, variables: dict, max_chars: int) -> dict:
+    """Compile (``get_template()``) and render: {"text": ...} or {"error": message}. The one
+    render loop, of this process and of the parent's in-process fallback alike."""
     import jinja2
 
     try:
-        template = cache.get(source)
-        if template is None:
-            if len(cache) >= MAX_COMPILED:
-                cache.pop(next(iter(cache)))
-            template = cache[source] = env.from_string(source)
         parts, n = [], 0
-        for chunk in template.generate(**variables):
+        for chunk in get_template().generate(**variables):
             n += len(chunk)
             if n > max_chars:
                 return {"error": f"chat template output exceeds {max_chars} characters"}
@@ -108,11 +105,20 @@ def _render(env, cache: dict, source: str, variables: dict, max_chars: int) -> d
     except jinja2.TemplateError as e:
         return {"error": f"chat template error: {e}"}
     except MemoryError:
-        return {"error": f"chat template needed more than {MEMORY_LIMIT_BYTES >> 30} GiB of memory"}
+        return {"error": "chat template ran out of memory"}
     except RecursionError:
         return {"error": "chat template recursed too deeply"}
     except Exception as e:  # template code can raise anything (TypeError on bad data, ...)
         return {"error": f"chat template failed: {type(e).__name__}: {e}"}
+
+
+def _compiled(env, cache: dict, source: str):
+    template = cache.get(source)
+    if template is None:
+        if len(cache) >= MAX_COMPILED:
+            cache.pop(next(iter(cache)))
+        template = cache[source] = env.from_string(source)
+    return template
 
 
 def read_exact(f, n: int) -> bytes | None:
@@ -141,7 +147,8 @@ def serve(inp, out) -> None:
         if head is None:
             return                                   # the parent closed the pipe or exited
         request = pickle.loads(read_exact(inp, struct.unpack("<Q", head)[0]) or b"")
-        reply = _render(env, cache, request["source"], request["variables"], request["max_chars"])
+        reply = render_reply(lambda: _compiled(env, cache, request["source"]), request["variables"],
+                             request["max_chars"])
         data = json.dumps(reply).encode()
         out.write(struct.pack("<Q", len(data)) + data)
         out.flush()
