@@ -177,7 +177,6 @@ class Generation:
                  max_tokens: int | None, stop: list[str] | None, stop_token_ids, reasoning: bool,
                  parse_reasoning: bool, thinking_budget: int | None, boundaries=(), tools=None):
         check_count("max_tokens", max_tokens)
-        check_count("thinking_budget", thinking_budget)
         self.model, self.cache, self.prompt_ids, self.sampler = model, cache, list(prompt_ids), sampler
         self.max_tokens, self.stop, self.stop_ids = max_tokens, stop, set(stop_token_ids)
         self.reasoning, self.parse_reasoning = reasoning, parse_reasoning
@@ -363,8 +362,7 @@ def chat(model, messages, enable_thinking: bool = True, thinking_budget: int | N
     Sampling defaults to the model's recommendation for the mode the prompt ends in.
     Control tokens inside messages are plain text unless ``sanitize=False``. Generation ends
     at the model's end-of-turn tokens and at ``stop_token_ids``, if given, too."""
-    check_count("max_tokens", max_tokens)
-    check_count("thinking_budget", thinking_budget)
+    check_count("thinking_budget", thinking_budget)   # here: Generation only sees it when reasoning
     tok = model.tokenizer
     kw = dict(template_kwargs or {}, enable_thinking=enable_thinking, tools=tools)
     text, ids = encode_chat(model, messages, sanitize=sanitize, **kw)

@@ -312,7 +312,7 @@ class ChatRepl:
             if system is not None and not isinstance(system, str):
                 raise ValueError("'system' must be a string")
             check_count("thinking_budget", budget)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError) as e:
             self.info(f"cannot load {path}: {e}")
             return
         c = self.conv
